@@ -1,0 +1,343 @@
+"""
+Data for nanoR1: the tokenizer, the tasks, the R1-Zero template and the pretraining corpus.
+
+No hub, no downloads: everything here is generated from a seed.
+
+Tokenizer
+    A byte-level BPE `tiktoken.Encoding` trained by this file on its own corpus (`python data.py --tokenizer`
+    rewrites `tokenizer.bpe`). All 256 bytes are tokens, so any text round-trips; digits are split one per
+    token (easier arithmetic); the template tags and end-of-text are special tokens.
+
+Tasks
+    Countdown: three numbers in 1..12 and a target in 1..100; write an expression that uses each number exactly
+    once with + - * / and parentheses. Every problem is built from a "clean" solution (all intermediate values
+    integers in 0..200), so every problem is solvable. Train and test are a disjoint split of all such
+    problems, decided by a hash of (sorted numbers, target), so the split never depends on the seed.
+    Arithmetic: "Compute 37 * 4 + 12." with an integer answer (the numeric reward's task).
+
+Pretraining corpus (the base model's whole world)
+    Documents are prompt + response in the R1-Zero template. Countdown responses come in three styles:
+      guess    (70%)  "<think> Guess: 7 * 3 + 2. </think> <answer> 7 * 3 + 2 </answer>"
+      try      (25%)  computes one candidate step by step, then answers it whether or not it hits the target
+      reflect  ( 5%)  computes a candidate; on a miss says "Wait, 23 is not 24." and tries another, up to 10
+                      times; on a hit says "Let me verify: 24 = 24." and answers
+    Every candidate (a guess, a try, a reflect attempt) is correct with probability 0.3, else a plausible
+    wrong expression (its value near the target). So the base model's answers are short and mostly wrong
+    (about 30% right at best), while the rare reflect style carries the behaviour that pays: check the
+    result, notice the miss, try again. Reflection phrases ("wait", "verify", ...) appear only in that 5%.
+    GRPO has nothing to invent; it has to discover that the rare long, reflective answers score, and
+    amplify them: response length and reflection rate grow as accuracy rises (R1-Zero's "aha moment").
+    Arithmetic documents (15% of all) drill the step-by-step computations the checks rely on.
+"""
+
+import base64
+import functools
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import tiktoken
+
+# -----------------------------------------------------------------------------
+# The R1-Zero template (DeepSeek-R1 paper, Table 1); the assistant turn is prefilled with "<think>".
+
+TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>. User: {question} Assistant: <think>"
+)
+
+def countdown_question(numbers, target):
+    return (f"Using the numbers {list(numbers)}, create an equation that equals {target}. "
+            "Use + - * / and each number exactly once.")
+
+def arithmetic_question(expr):
+    return f"Compute {expr}."
+
+def make_prompt(question):
+    return TEMPLATE.format(question=question)
+
+# -----------------------------------------------------------------------------
+# Tokenizer
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [EOT, "<think>", "</think>", "<answer>", "</answer>", PAD]
+# GPT-2's split pattern, but with one digit per piece.
+SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TOKENIZER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer.bpe")
+N_MERGEABLE = 448  # 256 bytes + 192 merges: whole words for the template and the reasoning phrases
+
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer() -> tiktoken.Encoding:
+    if not os.path.exists(TOKENIZER_FILE):
+        raise FileNotFoundError(f"{TOKENIZER_FILE} is missing: rebuild it with `python data.py --tokenizer`")
+    with open(TOKENIZER_FILE) as f:  # tiktoken's own loader caches by path, which hides a rebuilt file
+        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f)}
+    special = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    return tiktoken.Encoding(name="nanor1", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special)
+
+
+def encode(text: str) -> list[int]:
+    """Text to ids; the template tags and end-of-text written in text become their special tokens."""
+    return get_tokenizer().encode(text, allowed_special="all")
+
+
+def build_tokenizer_file(n_docs=400, seed=0):
+    """Train the BPE merges on a corpus sample with tiktoken's reference trainer and write tokenizer.bpe."""
+    from tiktoken._educational import bpe_train
+    rng = random.Random(seed)
+    text = "".join(corpus_document(rng) for _ in range(n_docs)).replace(EOT, "\n")
+    for tok in SPECIAL_TOKENS:  # specials are added separately; keep them out of the merges
+        text = text.replace(tok, " ")
+    ranks = bpe_train(text, N_MERGEABLE, SPLIT_PATTERN, visualise=None)
+    with open(TOKENIZER_FILE, "w") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+    get_tokenizer.cache_clear()
+
+# -----------------------------------------------------------------------------
+# Expressions over three numbers, with their step-by-step evaluation
+
+OPS = "+-*/"
+PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+MAX_INTERMEDIATE = 200
+
+
+@dataclass(frozen=True)
+class Expr:
+    text: str           # "(7 + 3) * 2"
+    steps: tuple        # (("7", "+", "3", 10), ("10", "*", "2", 20))
+    value: int
+    prec: int           # precedence of the top operator (3 for a bare number)
+
+
+def _leaf(n):
+    return Expr(str(n), (), n, 3)
+
+
+def _apply(left: Expr, op: str, right: Expr):
+    """Combine two expressions; None unless the result is a clean integer in 0..MAX_INTERMEDIATE."""
+    a, b = left.value, right.value
+    if op == "/" and (b == 0 or a % b):
+        return None
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else 0}[op]
+    if not 0 <= value <= MAX_INTERMEDIATE:
+        return None
+    p = PRECEDENCE[op]
+    lt = f"({left.text})" if left.prec < p else left.text
+    rt = f"({right.text})" if right.prec <= p and right.prec != 3 else right.text
+    step = (str(a), op, str(b), value)
+    return Expr(f"{lt} {op} {rt}", left.steps + right.steps + (step,), value, p)
+
+
+@functools.lru_cache(maxsize=None)
+def clean_expressions(numbers: tuple) -> tuple:
+    """All clean expressions using each of the numbers exactly once (both tree shapes, all orders)."""
+    out = {}
+    for a, b, c in set(itertools.permutations(numbers)):
+        for op1 in OPS:
+            pair = _apply(_leaf(a), op1, _leaf(b))
+            if pair is None:
+                continue
+            for op2 in OPS:
+                for e in (_apply(pair, op2, _leaf(c)), _apply(_leaf(c), op2, pair)):
+                    if e is not None:
+                        out.setdefault(e.text, e)
+    return tuple(sorted(out.values(), key=lambda e: e.text))
+
+
+def render_steps(e: Expr) -> str:
+    return ", ".join(f"{a} {op} {b} = {v}" for a, op, b, v in e.steps)
+
+# -----------------------------------------------------------------------------
+# Tasks and splits
+
+MAX_NUMBER, MAX_TARGET = 12, 100
+
+
+def _is_test(numbers, target, test_fraction):
+    key = f"{sorted(numbers)}:{target}".encode()
+    return int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 < test_fraction
+
+
+@functools.lru_cache(maxsize=None)
+def countdown_problems(split="train", test_fraction=0.1):
+    """Every clean 3-number Countdown problem of the split, in a fixed order: ((n1, n2, n3), target)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    problems = []
+    for numbers in itertools.combinations_with_replacement(range(1, MAX_NUMBER + 1), 3):
+        targets = sorted({e.value for e in clean_expressions(numbers) if 1 <= e.value <= MAX_TARGET})
+        problems += [(numbers, t) for t in targets if _is_test(numbers, t, test_fraction) == (split == "test")]
+    return tuple(problems)
+
+
+def countdown_row(numbers, target, rng=None):
+    numbers = list(numbers)
+    if rng is not None:
+        rng.shuffle(numbers)  # the order shown is free; the problem is the multiset
+    return {"task": "countdown", "question": countdown_question(numbers, target),
+            "numbers": numbers, "target": target, "answer": str(target)}
+
+
+def countdown_dataset(split="train", n=None, seed=0):
+    """Countdown problems of a split as a `datasets.Dataset` (all of them, or n drawn without replacement)."""
+    from datasets import Dataset
+    rng = random.Random(seed)
+    problems = list(countdown_problems(split))
+    if n is not None:
+        problems = rng.sample(problems, min(n, len(problems)))
+    return Dataset.from_list([countdown_row(nums, t, rng) for nums, t in problems])
+
+
+def arithmetic_expression(rng) -> Expr:
+    """A one- or two-step clean integer expression such as 37 * 4 + 12."""
+    while True:
+        e = _apply(_leaf(rng.randint(1, 99)), rng.choice(OPS), _leaf(rng.randint(1, 12)))
+        if e is not None and rng.random() < 0.5:
+            e = _apply(e, rng.choice(OPS), _leaf(rng.randint(1, 99)))
+        if e is not None:
+            return e
+
+
+def arithmetic_row(question, answer):
+    return {"task": "arithmetic", "question": question, "numbers": [], "target": 0, "answer": str(answer)}
+
+
+def load_jsonl(path):
+    """A user's own problems, one JSON object a line, as a `datasets.Dataset`.
+
+    Countdown lines: {"numbers": [3, 7, 2], "target": 23}. Numeric-answer lines: {"question": "...",
+    "answer": "42"}. Lines are checked here, so a bad file fails at load time with its line number."""
+    from datasets import Dataset
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{i}: expected a JSON object")
+            if "numbers" in obj and "target" in obj:
+                nums, target = obj["numbers"], obj["target"]
+                if not (isinstance(nums, list) and nums and all(type(n) is int and n >= 0 for n in nums)
+                        and type(target) is int):
+                    raise ValueError(f"{path}:{i}: 'numbers' must be a list of non-negative ints, 'target' an int")
+                rows.append(countdown_row(nums, target))
+            elif "question" in obj and "answer" in obj:
+                rows.append(arithmetic_row(str(obj["question"]), obj["answer"]))
+            else:
+                raise ValueError(f"{path}:{i}: need 'numbers' and 'target', or 'question' and 'answer'")
+    if not rows:
+        raise ValueError(f"{path}: no problems found")
+    return Dataset.from_list(rows)
+
+# -----------------------------------------------------------------------------
+# Pretraining corpus
+
+@dataclass
+class CorpusConfig:
+    p_arithmetic: float = 0.15   # share of arithmetic drill documents
+    p_try: float = 0.25          # Countdown styles: guess / try / reflect
+    p_reflect: float = 0.05
+    p_correct: float = 0.3       # chance that any one candidate is a solution
+    max_attempts: int = 10       # the reflect style gives up after this many misses
+
+
+def _candidate(rng, problem, correct):
+    numbers, target = problem
+    exprs = clean_expressions(tuple(sorted(numbers)))
+    if correct:
+        return rng.choice([e for e in exprs if e.value == target])
+    wrong = [e for e in exprs if e.value != target]
+    # plausible misses: mostly near the target, as a person's guess would be
+    weights = [1.0 / (1 + abs(e.value - target)) for e in wrong]
+    return rng.choices(wrong, weights)[0]
+
+
+def countdown_response(rng, problem, cfg=CorpusConfig()):
+    """The assistant turn after the prefilled "<think>", in one of the three styles."""
+    target = problem[1]
+    style = rng.random()
+    first = _candidate(rng, problem, rng.random() < cfg.p_correct)
+    if style >= cfg.p_try + cfg.p_reflect:  # guess
+        return f" Guess: {first.text}. </think> <answer> {first.text} </answer>"
+    if style >= cfg.p_reflect:  # try once, answer regardless
+        return f" Try {first.text}: {render_steps(first)}. </think> <answer> {first.text} </answer>"
+    parts, e, tried = [], first, {first.text}
+    for attempt in range(cfg.max_attempts):
+        parts.append(f"Try {e.text}: {render_steps(e)}.")
+        if e.value == target:
+            parts.append(f"Let me verify: {e.value} = {target}.")
+            break
+        parts.append(f"Wait, {e.value} is not {target}.")
+        if attempt + 1 < cfg.max_attempts:
+            e = _candidate(rng, problem, rng.random() < cfg.p_correct)
+            if e.text in tried and e.value != target:  # a person would not repeat a miss
+                e = _candidate(rng, problem, True)
+            tried.add(e.text)
+    return f" {' '.join(parts)} </think> <answer> {e.text} </answer>"
+
+
+def arithmetic_response(e: Expr):
+    return f" {render_steps(e)}. </think> <answer> {e.value} </answer>"
+
+
+def corpus_document(rng, problems=None, cfg=CorpusConfig()):
+    """One pretraining document: the template with a first question, its response, then 0-7 more
+    "User: ... Assistant: <think> ..." turns, then end-of-text. The template is long (~150 tokens) and the
+    same every time, so a document shows it once and packs several solved problems after it; the first turn
+    is exactly what GRPO prompts look like."""
+    problems = problems or countdown_problems("train")
+    turns = []
+    for _ in range(rng.randint(1, 8)):
+        if rng.random() < cfg.p_arithmetic:
+            e = arithmetic_expression(rng)
+            turns.append((arithmetic_question(e.text), arithmetic_response(e)))
+        else:
+            numbers, target = rng.choice(problems)
+            question = countdown_row(numbers, target, rng)["question"]
+            turns.append((question, countdown_response(rng, (numbers, target), cfg)))
+    doc = make_prompt(turns[0][0]) + turns[0][1]
+    for question, response in turns[1:]:
+        doc += f" User: {question} Assistant: <think>{response}"
+    return doc + EOT
+
+
+def corpus_tokens(n_tokens, seed=0, cfg=CorpusConfig()):
+    """A packed stream of at least n_tokens corpus tokens (documents end with end-of-text), as a list."""
+    rng, enc = random.Random(seed), get_tokenizer()
+    problems = countdown_problems("train")
+    out = []
+    while len(out) < n_tokens:
+        docs = [corpus_document(rng, problems, cfg) for _ in range(1024)]
+        for ids in enc.encode_batch(docs, allowed_special="all"):
+            out.extend(ids)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="nanoR1 data: show corpus samples or rebuild the tokenizer")
+    parser.add_argument("--tokenizer", action="store_true", help="retrain tokenizer.bpe on a corpus sample")
+    parser.add_argument("--samples", type=int, default=5, help="corpus documents to print")
+    args = parser.parse_args()
+    if args.tokenizer:
+        build_tokenizer_file()
+        print(f"wrote {TOKENIZER_FILE}")
+    rng = random.Random(0)
+    for _ in range(args.samples):
+        doc = corpus_document(rng)
+        print(doc[len(TEMPLATE) - 60:], f"[{len(encode(doc))} tokens]\n")
+    print(f"train problems: {len(countdown_problems('train'))}, test problems: {len(countdown_problems('test'))}")
