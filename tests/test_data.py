@@ -1,0 +1,93 @@
+import json
+import random
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
+def test_tokenizer_round_trips_any_text(text):
+    enc = data.get_tokenizer()
+    assert enc.decode(enc.encode(text, disallowed_special=())) == text
+
+
+def test_special_tokens_are_single_tokens():
+    enc = data.get_tokenizer()
+    for tok in data.SPECIAL_TOKENS:
+        assert len(data.encode(tok)) == 1
+    assert enc.n_vocab <= 512  # fits the model presets' vocab_size
+    ids = data.encode("<think> 7 * 3 = 21 </think> <answer> 21 </answer><|endoftext|>")
+    assert enc.decode(ids) == "<think> 7 * 3 = 21 </think> <answer> 21 </answer><|endoftext|>"
+    assert len(data.encode(" 123")) == 3  # one digit per token
+
+
+def value_of(expr):
+    # a tiny exact evaluator for the generator's own output (only + - * / and parentheses)
+    import ast
+    def ev(node):
+        if isinstance(node, ast.Constant):
+            return Fraction(node.value)
+        a, b = ev(node.left), ev(node.right)
+        return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op)) if not isinstance(
+            node.op, ast.Div) else a / b
+    return ev(ast.parse(expr, mode="eval").body)
+
+
+def test_every_problem_solvable_and_splits_disjoint():
+    train, test = data.countdown_problems("train"), data.countdown_problems("test")
+    assert len(train) > 3000 and 0.05 < len(test) / (len(train) + len(test)) < 0.15
+    assert not set(train) & set(test)
+    for numbers, target in random.Random(0).sample(train + test, 300):
+        solutions = [e for e in data.clean_expressions(numbers) if e.value == target]
+        assert solutions
+        for e in solutions[:3]:
+            assert value_of(e.text) == target
+            assert sorted(int(t) for t in e.text.replace("(", " ").replace(")", " ").split() if t.isdigit()) \
+                == sorted(numbers)
+
+
+def test_dataset_and_corpus_deterministic_per_seed():
+    a = data.countdown_dataset("test", n=20, seed=3)
+    b = data.countdown_dataset("test", n=20, seed=3)
+    c = data.countdown_dataset("test", n=20, seed=4)
+    assert a.to_list() == b.to_list() and a.to_list() != c.to_list()
+    assert data.corpus_tokens(2000, seed=1) == data.corpus_tokens(2000, seed=1)
+    assert data.corpus_tokens(2000, seed=1) != data.corpus_tokens(2000, seed=2)
+    row = a[0]
+    assert f"equals {row['target']}" in row["question"] and row["task"] == "countdown"
+
+
+def test_corpus_styles_and_rates():
+    rng = random.Random(0)
+    problem = ((3, 7, 11), 54)
+    styles = [data.countdown_response(rng, problem).split(":")[0].split()[0] for _ in range(4000)]
+    reflect = sum("Wait" in r or "verify" in r for r in
+                  (data.countdown_response(random.Random(i), problem) for i in range(4000))) / 4000
+    assert 0.6 < styles.count("Guess") / 4000 < 0.8
+    assert 0.02 < reflect < 0.09
+    always = data.CorpusConfig(p_reflect=1.0)
+    for i in range(50):  # the reflect style ends on a solution unless it gives up after max_attempts
+        text = data.countdown_response(random.Random(i), problem, always)
+        answer = text.split("<answer>")[1].split("</answer>")[0].strip()
+        assert value_of(answer) == 54 or text.count("Wait") == always.max_attempts
+    doc = data.corpus_document(random.Random(0))
+    assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and doc.endswith(data.EOT)
+
+
+def test_load_jsonl(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"numbers": [3, 7, 11], "target": 54}) + "\n\n"
+                    + json.dumps({"question": "What is 6 * 7?", "answer": "42"}) + "\n")
+    ds = data.load_jsonl(path)
+    assert ds[0]["task"] == "countdown" and ds[0]["target"] == 54 and ds[1]["answer"] == "42"
+    for bad in ['{"numbers": [1, 2]}', "not json", '{"numbers": ["1"], "target": 3}', "[1, 2]"]:
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=":1:"):
+            data.load_jsonl(path)
+    path.write_text("")
+    with pytest.raises(ValueError, match="no problems"):
+        data.load_jsonl(path)
