@@ -164,7 +164,21 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, idx = self.gate(x)
-        # Group the (token, expert) pairs by expert: one sort, then one matmul per expert over its tokens.
+        routed = self.routed_dense if x.shape[0] <= self.dense_max_tokens else self.routed_grouped
+        return (routed(x, weights, idx) + self.shared(x)).view(shape)
+
+    # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
+    # weights are read from memory either way, so running all experts on all tokens and weighting by the gates
+    # (zero for unchosen experts) is cheapest there, and it needs no host sync, so it fits CUDA graphs.
+    dense_max_tokens = 1024
+
+    def routed_dense(self, x, weights, idx):
+        gates = torch.zeros(x.shape[0], self.w1.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
+        h = F.silu(torch.einsum("nd,ehd->neh", x, self.w1)) * torch.einsum("nd,ehd->neh", x, self.w3)
+        return torch.einsum("neh,edh,ne->nd", h, self.w2, gates)
+
+    def routed_grouped(self, x, weights, idx):
+        """Group the (token, expert) pairs by expert: one sort, then one matmul per expert over its tokens."""
         flat_idx = idx.flatten()
         order = flat_idx.argsort(stable=True)
         token_of = order // idx.shape[1]
@@ -177,8 +191,7 @@ class MoE(nn.Module):
                 h = xs[start:start + n]
                 out[start:start + n] = (F.silu(h @ self.w1[e].T) * (h @ self.w3[e].T)) @ self.w2[e].T
                 start += n
-        y = torch.zeros_like(x).index_add_(0, token_of, out * weights.flatten()[order, None])
-        return (y + self.shared(x)).view(shape)
+        return torch.zeros_like(x).index_add_(0, token_of, out * weights.flatten()[order, None])
 
 
 class Block(nn.Module):
@@ -223,9 +236,9 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         real = torch.ones_like(tokens, dtype=torch.bool) if pad_mask is None else pad_mask
         offset = cache.n_real[:, None] if cache is not None else 0
-        positions = (offset + real.cumsum(1) - 1).clamp(min=0)
-        if positions.max() >= self.cfg.max_seq_len:
+        if (cache.length if cache is not None else 0) + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence longer than max_seq_len={self.cfg.max_seq_len}")
+        positions = (offset + real.cumsum(1) - 1).clamp(min=0)
         cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
         mask = None
         if cache is not None or pad_mask is not None:

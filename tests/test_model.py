@@ -73,3 +73,17 @@ def test_tiny_model_overfits_small_batch():
         opt.step()
         model.update_router_bias()
     assert loss.item() < 0.1, loss.item()
+
+
+def test_moe_dense_and_grouped_paths_agree():
+    model = tiny_model()
+    moe = model.layers[1].ffn
+    x = torch.randn(300, 64, requires_grad=True)
+    weights, idx = moe.gate(x)
+    dense, grouped = moe.routed_dense(x, weights, idx), moe.routed_grouped(x, weights, idx)
+    assert torch.allclose(dense, grouped, atol=1e-5)
+    g = torch.randn_like(dense)
+    grads_dense = torch.autograd.grad((dense * g).sum(), [x, moe.w1, moe.w2], retain_graph=True)
+    grads_grouped = torch.autograd.grad((grouped * g).sum(), [x, moe.w1, moe.w2])
+    for a, b in zip(grads_dense, grads_grouped):
+        assert torch.allclose(a, b, atol=1e-5)

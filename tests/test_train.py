@@ -1,0 +1,73 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "30", "--pretrain-batch-size", "8",
+        "--pretrain-seq-len", "128", "--pretrain-unique-tokens", "50000", "--pretrain-warmup", "5",
+        "--log-every", "5", "--rl-prompts-per-step", "4", "--rl-group-size", "4", "--rl-max-new-tokens", "24",
+        "--eval-problems", "3", "--eval-samples", "4", "--checkpoint-every", "2"]
+
+
+def run_train(args, **kw):
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_bad_cli_values_fail_clearly():
+    for bad in (["--preset", "huge"], ["--rl-group-size", "1"], ["--pretrain-lr", "-1"],
+                ["--rl-loss-agg-mode", "mean"], ["--rl-temperature", "0"], ["--pretrain-steps", "abc"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+    cfg = train.parse_args(["--rl-lr", "1e-4", "--rl-kl-beta", "0"])
+    assert cfg.grpo.lr == 1e-4 and cfg.grpo.kl_beta == 0 and cfg.preset == "small"
+
+
+def test_missing_or_corrupt_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        train.load_checkpoint(str(tmp_path / "nope.pt"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="corrupt"):
+        train.load_checkpoint(str(bad))
+
+
+def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
+    out = str(tmp_path / "run")
+    # Start a long RL run, kill it hard once an RL checkpoint exists, then resume to a shorter end.
+    proc = run_train(TINY + ["--out-dir", out, "--rl-steps", "1000"], start_new_session=True)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(out, "rl.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = torch.load(os.path.join(out, "rl.pt"), weights_only=False)["step"]
+    assert step >= 2
+
+    done = run_train(TINY + ["--out-dir", out, "--rl-steps", str(step + 3), "--resume"])
+    log = done.communicate(timeout=300)[0]
+    assert done.returncode == 0, log
+    assert f"resumed RL at step {step}" in log
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    rl_steps = [r["step"] for r in rows if r["stage"] == "rl"]
+    assert rl_steps == list(range(step + 3))  # every step exactly once, in order
+    for key in ("reward", "accuracy", "response_len_mean", "reflection_rate", "entropy", "kl", "clip_frac",
+                "router_max_over_mean", "rollout_s", "train_s"):
+        assert key in rows[-1], key
+    evals = json.load(open(os.path.join(out, "eval.json")))
+    assert {"base", "rl"} <= set(evals) and 0 <= evals["rl"]["pass@1"] <= 1
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
+    # the checkpoint serves sample.py
+    sample = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(out, "rl.pt"), "--numbers", "3",
+                             "7", "11", "--target", "54", "--max-new-tokens", "8", "--device", "cpu"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert sample.returncode == 0 and "sample 0" in sample.stdout, sample.stderr

@@ -1,0 +1,354 @@
+"""
+The whole nanoR1 pipeline on one GPU: pretrain a base MoE model from scratch on the synthetic corpus, then
+R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then evaluate base vs RL model.
+
+    python train.py                          # the embedded default (small preset, one GPU)
+    python train.py --preset tiny --device cpu --pretrain-steps 20 --rl-steps 2   # a smoke run
+    python train.py --resume                 # continue from out/ after an interruption
+
+Writes to --out-dir: metrics.jsonl (one JSON line per step), base.pt and rl.pt checkpoints (atomic writes),
+aha.jsonl (reflective responses that ended correct), eval.json, and PNG learning curves.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import rewards
+from grpo import GRPOConfig, GRPOTrainer
+from model import ModelConfig, Transformer, make_config
+from sample import generate
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "small"               # model preset: tiny (CPU tests) or small (one GPU)
+    out_dir: str = "out"
+    seed: int = 0
+    device: str = "auto"                # auto: cuda if available, else cpu
+    resume: bool = False                # continue from the checkpoints in out_dir
+    # pretraining on the synthetic corpus
+    pretrain_steps: int = 1200
+    pretrain_batch_size: int = 64
+    pretrain_seq_len: int = 512
+    pretrain_lr: float = 2e-3
+    pretrain_warmup: int = 100
+    pretrain_unique_tokens: int = 20_000_000  # the corpus stream is generated once and cycled
+    # R1-Zero RL
+    rl_steps: int = 120
+    rl_prompts_per_step: int = 32
+    # evaluation on the held-out split
+    eval_problems: int = 200
+    eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
+    eval_temperature: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 20          # RL steps between checkpoints
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: atomic writes, clear errors on missing or corrupt files
+
+def save_checkpoint(path, model, **extra):
+    tmp = path + ".tmp"
+    torch.save({"model_config": asdict(model.cfg), "model": model.state_dict(), **extra}, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the old checkpoint intact
+
+
+def load_checkpoint(path, device="cpu"):
+    """Returns the saved dict with "model" replaced by a ready Transformer."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        model = Transformer(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} is corrupt or incompatible: {err}") from None
+    ckpt["model"] = model.to(device)
+    return ckpt
+
+
+# -----------------------------------------------------------------------------
+# Pretraining: next-token prediction on the packed corpus stream
+
+def lr_at(step, total, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine down to 10%
+
+
+def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
+    """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every 10 log intervals."""
+    n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len)
+    stream = torch.tensor(data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed), dtype=torch.long)
+    B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    if opt_state:
+        opt.load_state_dict(opt_state)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
+    model.train()
+    t0, tokens_seen = time.time(), 0
+    bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps)
+    for step in bar:
+        starts = torch.randint(0, len(stream) - T - 1, (B,), generator=gen)
+        batch = torch.stack([stream[s:s + T + 1] for s in starts.tolist()]).to(device, non_blocking=True)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_lr, cfg.pretrain_warmup)
+        with autocast:
+            logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower --pretrain-lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens_seen += B * T
+        if step % cfg.log_every == 0 or step == cfg.pretrain_steps - 1:
+            balance = model.router_stats()
+            model.update_router_bias()
+            dt = time.time() - t0
+            log({"stage": "pretrain", "step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                 "router_max_over_mean": float(np.nanmean(balance)) if balance else None,
+                 "tokens_per_s": tokens_seen / dt, "elapsed_s": dt})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        else:
+            model.update_router_bias()
+        if (step + 1) % (10 * cfg.log_every) == 0:
+            save(step + 1, opt)
+
+
+# -----------------------------------------------------------------------------
+# Evaluation: pass@1 averaged over k samples, and cons@k (majority vote over answer values)
+
+def answer_key(text, row):
+    """What two answers must share to count as the same vote: the exact value (None if invalid)."""
+    answer = rewards.extract_answer(text)
+    if answer is None:
+        return None
+    if row["task"] == "countdown":
+        return rewards.countdown_value(answer, row["numbers"])
+    return rewards.parse_number(answer)
+
+
+@torch.no_grad()
+def evaluate(model, rows, k, max_new_tokens, temperature, batch_size=512):
+    enc = data.get_tokenizer()
+    prompts = [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(k)]
+    texts = []
+    for i in range(0, len(prompts), batch_size):
+        texts += ["<think>" + enc.decode(c) for c in
+                  generate(model, prompts[i:i + batch_size], max_new_tokens, temperature)]
+    pass1, cons, lengths, reflections = [], [], [], []
+    for j, row in enumerate(rows):
+        group = texts[j * k:(j + 1) * k]
+        scores = [rewards.score(t, row).accuracy for t in group]
+        pass1.append(sum(scores) / k)
+        votes = Counter(key for key in (answer_key(t, row) for t in group) if key is not None)
+        target = row["target"] if row["task"] == "countdown" else rewards.parse_number(row["answer"])
+        cons.append(float(bool(votes) and votes.most_common(1)[0][0] == target))
+        lengths += [len(enc.encode(t, allowed_special="all")) for t in group]
+        reflections += [rewards.reflection_count(t) for t in group]
+    return {"pass@1": float(np.mean(pass1)), f"cons@{k}": float(np.mean(cons)),
+            "mean_response_tokens": float(np.mean(lengths)), "reflections_per_response": float(np.mean(reflections)),
+            "problems": len(rows), "samples_per_problem": k, "example": texts[0]}
+
+
+# -----------------------------------------------------------------------------
+# Plots
+
+def plot_curves(metrics_path, out_png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(metrics_path)]
+    rl = [r for r in rows if r.get("stage") == "rl"]
+    pre = [r for r in rows if r.get("stage") == "pretrain"]
+    panels = [("pretrain loss", pre, "loss"), ("accuracy (train rollouts)", rl, "accuracy"),
+              ("mean response length (tokens)", rl, "response_len_mean"),
+              ("reflections per response", rl, "reflection_rate"), ("entropy", rl, "entropy"),
+              ("KL to reference", rl, "kl"), ("router max/mean load", rl, "router_max_over_mean"),
+              ("reward", rl, "reward")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for ax, (title, rs, key) in zip(axes.flat, panels):
+        pts = [(r["step"], r[key]) for r in rs if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts))
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# The pipeline
+
+def parse_args(argv=None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add(name, default, prefix=""):
+        flag = "--" + (prefix + name).replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=prefix + name, action="store_true", default=default)
+        else:
+            parser.add_argument(flag, dest=prefix + name, type=type(default), default=default,
+                                help=f"default: {default}")
+
+    for f in fields(TrainConfig):
+        if f.name != "grpo":
+            add(f.name, getattr(TrainConfig, f.name))
+    for f in fields(GRPOConfig):
+        add(f.name, getattr(GRPOConfig, f.name), prefix="rl_" if not f.name.startswith("rl_") else "")
+    args = vars(parser.parse_args(argv))
+    grpo_args = {f.name: args.pop(("rl_" if not f.name.startswith("rl_") else "") + f.name) for f in fields(GRPOConfig)}
+    try:
+        cfg = TrainConfig(**args, grpo=GRPOConfig(**grpo_args))
+        validate(cfg)
+    except ValueError as err:
+        parser.error(str(err))
+    return cfg
+
+
+def validate(cfg: TrainConfig):
+    make_config(cfg.preset)  # raises for an unknown preset
+    positive = ["pretrain_steps", "pretrain_batch_size", "pretrain_seq_len", "rl_prompts_per_step", "eval_samples",
+                "log_every", "checkpoint_every", "pretrain_unique_tokens"]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ["rl_steps", "eval_problems", "pretrain_warmup"]:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not (cfg.pretrain_lr > 0 and math.isfinite(cfg.pretrain_lr)):
+        raise ValueError("--pretrain-lr must be a positive number")
+    if cfg.eval_temperature < 0:
+        raise ValueError("--eval-temperature must be >= 0")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device}")
+    cfg.grpo.validate()
+
+
+def drop_rows_from(files, stage, step):
+    """Steps logged after the checkpoint we resume from are redone: drop their rows so each appears once."""
+    def redone(line):
+        row = json.loads(line)
+        return row.get("stage", "rl") == stage and row["step"] >= step  # aha.jsonl rows are RL rows
+    for path in files:
+        if os.path.exists(path):
+            lines = [line for line in open(path) if not redone(line)]
+            with open(path, "w") as f:
+                f.writelines(lines)
+
+
+def main(cfg: TrainConfig):
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but no CUDA device is available")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    paths = {name: os.path.join(cfg.out_dir, name) for name in
+             ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png")}
+    if not cfg.resume:
+        for name in ("metrics.jsonl", "aha.jsonl", "eval.json"):
+            if os.path.exists(paths[name]):
+                os.remove(paths[name])
+    metrics_file = open(paths["metrics.jsonl"], "a")
+
+    def log(row):
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+
+    t_start = time.time()
+    run_info = {"stage": "config", "config": asdict(cfg), "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda" else "cpu", "torch": torch.__version__}
+
+    # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
+    if cfg.resume and os.path.exists(paths["base.pt"]):
+        model = load_checkpoint(paths["base.pt"], device)["model"]
+        print(f"resumed the finished base model from {paths['base.pt']}")
+    else:
+        start, opt_state = 0, None
+        if cfg.resume and os.path.exists(paths["pretrain.pt"]):
+            ckpt = load_checkpoint(paths["pretrain.pt"], device)
+            model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+            print(f"resumed pretraining at step {start}")
+            drop_rows_from([paths["metrics.jsonl"]], "pretrain", start)
+        else:
+            log(run_info)
+            model = Transformer(make_config(cfg.preset)).to(device)
+        print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
+              f"active per token, on {device}")
+
+        def save(step, opt):
+            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+
+        pretrain(model, cfg, device, log, save, start, opt_state)
+        save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
+
+    test_rows = data.countdown_dataset("test", n=cfg.eval_problems, seed=cfg.seed).to_list()
+    evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
+    if "base" not in evals and cfg.eval_problems:
+        evals["base"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature)
+        print("base model:", {k: v for k, v in evals["base"].items() if k != "example"})
+        json.dump(evals, open(paths["eval.json"], "w"), indent=2)
+
+    # 2. R1-Zero RL on the base model
+    train_rows = data.countdown_dataset("train", seed=cfg.seed).to_list()
+    trainer = GRPOTrainer(model, cfg.grpo, device)
+    start = 0
+    if cfg.resume and os.path.exists(paths["rl.pt"]):
+        ckpt = load_checkpoint(paths["rl.pt"], device)
+        model.load_state_dict(ckpt["model"].state_dict())
+        trainer.load_state_dict(ckpt["trainer"])
+        start = ckpt["step"]
+        print(f"resumed RL at step {start}")
+        drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], "rl", start)
+    rng = random.Random(cfg.seed)
+    if start:
+        rng.setstate(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps)
+    for step in bar:
+        batch = rng.sample(train_rows, cfg.rl_prompts_per_step)
+        stats, aha = trainer.step(batch)
+        log({"stage": "rl", "step": step, **stats})
+        with open(paths["aha.jsonl"], "a") as f:
+            for example in aha:
+                f.write(json.dumps({"step": step, **example}) + "\n")
+        bar.set_postfix(acc=f"{stats['accuracy']:.2f}", len=f"{stats['response_len_mean']:.0f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps:
+            save_checkpoint(paths["rl.pt"], model, stage="rl", step=step + 1, trainer=trainer.state_dict(),
+                            train_config=asdict(cfg), rng=rng.getstate(), torch_rng=torch.get_rng_state())
+
+    # 3. Evaluate the RL model on the same held-out problems
+    if cfg.rl_steps and cfg.eval_problems:
+        evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature)
+        print("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+    evals["wall_time_s"] = time.time() - t_start
+    json.dump(evals, open(paths["eval.json"], "w"), indent=2)
+    metrics_file.close()
+    plot_curves(paths["metrics.jsonl"], paths["curves.png"])
+    print(f"done in {time.time() - t_start:.0f}s; results in {cfg.out_dir}/")
+    return evals
+
+
+if __name__ == "__main__":
+    main(parse_args())
