@@ -71,11 +71,13 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of rows, in fixed-size buffers (static shapes).
+    """Keys and values of every layer for a batch of rows, in fixed-size buffers.
 
     Slot j of every row is written at the same decoding step; `valid[b, j]` says whether it holds a real token
     of row b (left padding and rows that already finished hold none), and `n_real[b]` counts row b's real
-    tokens so far, which is the RoPE position of its next token."""
+    tokens so far, which is the RoPE position of its next token. Every index lives on the device and attention
+    always spans all slots (unfilled ones are masked), so a decoding step has static shapes and no host sync:
+    it can be captured once as a CUDA graph and replayed (sample.py)."""
 
     def __init__(self, cfg: ModelConfig, batch_size, max_len, device, dtype):
         head_dim = cfg.dim // cfg.n_heads
@@ -84,7 +86,8 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.length = 0  # slots filled
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # slots filled so far
+        self.max_len = max_len
 
 
 class Attention(nn.Module):
@@ -94,15 +97,15 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, slots):
         B, T, C = x.shape
         q, k, v = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.k[self.layer_id, :, :, start:end] = k
-            cache.v[self.layer_id, :, :, start:end] = v
-            k, v = cache.k[self.layer_id, :, :, :end], cache.v[self.layer_id, :, :, :end]
+            k_all, v_all = cache.k[self.layer_id], cache.v[self.layer_id]
+            k_all.index_copy_(2, slots, k.to(k_all.dtype))
+            v_all.index_copy_(2, slots, v.to(v_all.dtype))
+            k, v = k_all.to(q.dtype), v_all.to(q.dtype)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -178,20 +181,35 @@ class MoE(nn.Module):
         return torch.einsum("neh,edh,ne->nd", h, self.w2, gates)
 
     def routed_grouped(self, x, weights, idx):
-        """Group the (token, expert) pairs by expert: one sort, then one matmul per expert over its tokens."""
+        """Group the (token, expert) pairs by expert with one sort, then run each expert on its tokens: one grouped
+        GEMM per matrix where the GPU has it (bf16, sm90+), else one matmul per expert."""
         flat_idx = idx.flatten()
         order = flat_idx.argsort(stable=True)
         token_of = order // idx.shape[1]
-        counts = torch.bincount(flat_idx, minlength=self.w1.shape[0]).tolist()
+        counts = torch.bincount(flat_idx, minlength=self.w1.shape[0])
         xs = x[token_of]
-        out = torch.empty_like(xs)
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                h = xs[start:start + n]
-                out[start:start + n] = (F.silu(h @ self.w1[e].T) * (h @ self.w3[e].T)) @ self.w2[e].T
-                start += n
+        if use_grouped_mm(x):
+            offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
+            xs = xs.bfloat16()
+            gmm = lambda a, w: torch._grouped_mm(a, w.bfloat16().transpose(1, 2), offs=offs)
+            out = gmm(F.silu(gmm(xs, self.w1)) * gmm(xs, self.w3), self.w2).type_as(x)
+        else:
+            out = torch.empty_like(xs)
+            start = 0
+            for e, n in enumerate(counts.tolist()):
+                if n:
+                    h = xs[start:start + n]
+                    out[start:start + n] = (F.silu(h @ self.w1[e].T) * (h @ self.w3[e].T)) @ self.w2[e].T
+                    start += n
         return torch.zeros_like(x).index_add_(0, token_of, out * weights.flatten()[order, None])
+
+
+def use_grouped_mm(x):
+    return (x.is_cuda and hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(x.device)[0] >= 9
+            and GROUPED_MM)
+
+
+GROUPED_MM = True  # switch, for tests and benchmarks that compare against the per-expert loop
 
 
 class Block(nn.Module):
@@ -201,8 +219,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer_id)
         self.ffn = SwiGLU(cfg.dim, cfg.dense_hidden) if layer_id < cfg.n_dense_layers else MoE(cfg)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache, slots):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, slots)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -232,32 +250,34 @@ class Transformer(nn.Module):
         """tokens [B, T] -> logits [B, T, V] (float32).
 
         pad_mask [B, T] (True = real token) is needed only when rows carry padding; without it and without a
-        cache, attention is plain causal. With a cache the tokens are appended after its filled slots."""
+        cache, attention is plain causal. With a cache the tokens go into the next T slots (the caller sizes the
+        cache; checking here would need a host sync)."""
         B, T = tokens.shape
+        if cache is None and T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
         real = torch.ones_like(tokens, dtype=torch.bool) if pad_mask is None else pad_mask
         offset = cache.n_real[:, None] if cache is not None else 0
-        if (cache.length if cache is not None else 0) + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence longer than max_seq_len={self.cfg.max_seq_len}")
         positions = (offset + real.cumsum(1) - 1).clamp(min=0)
         cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
-        mask = None
+        mask, slots = None, None
         if cache is not None or pad_mask is not None:
-            start = cache.length if cache is not None else 0
+            slots = torch.arange(T, device=tokens.device)  # the slot (key index) each new token goes to
             if cache is not None:
-                cache.valid[:, start:start + T] = real
-                keys_valid = cache.valid[:, :start + T]
+                slots = slots + cache.pos
+                cache.valid.index_copy_(1, slots, real)
+                keys_valid = cache.valid
             else:
                 keys_valid = real
-            q_slot = torch.arange(start, start + T, device=tokens.device)
-            k_slot = torch.arange(start + T, device=tokens.device)
-            mask = (k_slot[None, :] <= q_slot[:, None])[None] & keys_valid[:, None, :]   # [B, T, S]
-            mask |= (k_slot[None, :] == q_slot[:, None])[None]  # a pad query sees itself: no empty rows, no NaN
+            k_slot = torch.arange(keys_valid.shape[1], device=tokens.device)
+            causal = k_slot[None, :] <= slots[:, None]                           # [T, S]
+            mask = causal[None] & keys_valid[:, None, :]                          # [B, T, S]
+            mask |= (k_slot[None, :] == slots[:, None])[None]  # a pad query sees itself: no empty rows, no NaN
             mask = mask[:, None]
         x = self.embed(tokens)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
+            x = layer(x, cos, sin, mask, cache, slots)
         if cache is not None:
-            cache.length += T
+            cache.pos += T
             cache.n_real += real.sum(1)
         return self.head(self.norm(x)).float()
 

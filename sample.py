@@ -39,17 +39,55 @@ def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def decode_step_fn(model, cache, batch_size, use_graph):
+    """Returns step(tokens [B], real [B]) -> next-token logits [B, V], appending one slot to the cache.
+
+    On a GPU one decoding step is hundreds of small kernels, and launching them costs more than running them.
+    The step has static shapes and no host sync (model.KVCache), so it is captured once as a CUDA graph and each
+    later step is a single replay over fixed input buffers."""
+    def step(tokens, real):
+        return model(tokens[:, None], pad_mask=real[:, None], cache=cache)[:, -1]
+
+    if not use_graph:
+        return step
+    device = cache.k.device
+    tokens_in = torch.zeros(batch_size, dtype=torch.long, device=device)
+    real_in = torch.ones(batch_size, dtype=torch.bool, device=device)
+    # Warm up on a side stream (lazy kernel initialisation must not be captured), then undo its cache writes.
+    saved = cache.pos.clone(), cache.n_real.clone(), cache.valid.clone()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        step(tokens_in, real_in)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits_out = step(tokens_in, real_in)
+    cache.pos.copy_(saved[0])
+    cache.n_real.copy_(saved[1])
+    cache.valid.copy_(saved[2])
+
+    def replay(tokens, real):
+        tokens_in.copy_(tokens)
+        real_in.copy_(real)
+        graph.replay()
+        return logits_out
+    return replay
+
+
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=None, generator=None):
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=None, generator=None,
+             cuda_graph=True):
     """Sample a completion for each prompt (a list of token-id lists). Returns a list of token-id lists, each
-    ending with its stop token unless it ran out of max_new_tokens. Runs in eval mode, no grad."""
+    ending with its stop token unless it ran out of max_new_tokens. Runs in eval mode, no grad; on a GPU in
+    bf16 with the decoding step replayed from a CUDA graph."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     stop_ids = stop_token_ids() if stop_ids is None else stop_ids
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    on_gpu = device.type == "cuda"
     B, P = len(prompts), max(len(p) for p in prompts)
     if P + max_new_tokens > model.cfg.max_seq_len:
         raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
@@ -64,18 +102,23 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
 
     was_training = model.training
     model.eval()
-    cache = KVCache(model.cfg, B, P + max_new_tokens, device, dtype)
-    logits = model(tokens, pad_mask=real, cache=cache)[:, -1]
-    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_p, generator)
-        out[:, t] = nxt
-        done |= torch.isin(nxt, stop)
-        if t + 1 == max_new_tokens or (t % 8 == 7 and bool(done.all())):  # syncing every step would stall
-            break
-        # finished rows keep decoding (static shapes) but their new tokens are masked out as padding
-        logits = model(nxt[:, None], pad_mask=~done[:, None], cache=cache)[:, -1]
+    # autocast's weight-cast cache cannot live across graph replays: cache_enabled=False
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu, cache_enabled=False)
+    with autocast:
+        cache = KVCache(model.cfg, B, P + max_new_tokens, device,
+                        torch.bfloat16 if on_gpu else next(model.parameters()).dtype)
+        logits = model(tokens, pad_mask=real, cache=cache)[:, -1]
+        step = decode_step_fn(model, cache, B, use_graph=on_gpu and cuda_graph and max_new_tokens > 1)
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_p, generator)
+            out[:, t] = nxt
+            done |= torch.isin(nxt, stop)
+            if t + 1 == max_new_tokens or (t % 8 == 7 and bool(done.all())):  # syncing every step would stall
+                break
+            # finished rows keep decoding (static shapes) but their new tokens are masked out as padding
+            logits = step(nxt, ~done)
     model.train(was_training)
 
     completions = []

@@ -44,3 +44,13 @@ def test_generate_rejects_bad_arguments():
         generate(model, [[]], 4)
     with pytest.raises(ValueError):
         generate(model, [[1, 2]], model.cfg.max_seq_len)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decoding_matches_eager_decoding():
+    torch.manual_seed(0)
+    model = Transformer(make_config("small")).cuda()
+    prompts = [torch.randint(0, 500, (n,)).tolist() for n in (30, 7, 19, 64)]
+    graph = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=True)
+    eager = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=False)
+    assert graph == eager
