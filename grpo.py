@@ -1,0 +1,166 @@
+"""
+GRPO, Group Relative Policy Optimization: the reinforcement learning algorithm of DeepSeek-R1-Zero.
+
+The idea (DeepSeekMath, Shao et al. 2024, arXiv:2402.03300, sec. 4.1). PPO needs a value network, as large
+as the policy, to tell a good action from a lucky one. GRPO drops it: for each question q it samples a *group*
+of G answers o_1..o_G from the current (behaviour) policy pi_old, scores each with a reward r_i, and uses the
+group itself as the baseline. An answer is good if it beats its siblings:
+
+    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)                          (DeepSeekMath sec. 4.1.2; R1 eq. 3)
+
+Every token t of answer o_i gets that same advantage (outcome supervision: the reward is only known at the end).
+The policy then maximises PPO's clipped surrogate, with a KL penalty toward a frozen reference policy
+(DeepSeekMath eq. 3; the DeepSeek-R1 paper, arXiv:2501.12948, eq. 1-3, trains R1-Zero with it):
+
+    J(theta) = E[ 1/G sum_i 1/|o_i| sum_t { min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) - beta KL_it } ]
+
+    rho_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)      the probability ratio of token t
+
+    KL_it  = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1               (DeepSeekMath eq. 4)
+
+The KL is Schulman's "k3" estimator (Approximating KL Divergence, 2020): unbiased for KL(pi_theta || pi_ref)
+under samples from pi_theta (here pi_old, close to it), and never negative, unlike the plain log-ratio.
+Why the clip: the same sampled batch serves several gradient steps, and once pi_theta drifts from pi_old the
+samples stop being its own. The clip removes the incentive to push a token's ratio past 1+eps when its
+advantage is positive (or below 1-eps when negative): there the clipped, constant term is the minimum and the
+token's gradient is zero.
+
+On the first step on a fresh batch pi_theta == pi_old, every ratio is 1, and the gradient is plain REINFORCE
+with the group mean as baseline: -A_i grad log pi_theta(o_it), weighted by how the loss averages its tokens.
+
+Later work changed three details, all options here:
+
+- DAPO (Yu et al. 2025, arXiv:2503.14476). "Clip-Higher" (sec. 3.1): separate eps_low and eps_high (0.2 and
+  0.28). A symmetric clip caps how fast an unlikely token can become likely (a ratio limit of 1.2 on p = 0.01
+  is nothing), which collapses entropy and exploration; a higher upper bound lets rare good tokens grow.
+  "Token-level policy gradient loss" (sec. 3.3): average over all tokens of the batch instead of per sequence
+  first, so every token counts the same and a long answer's tokens are not diluted by 1/|o_i|.
+  DAPO also drops the KL term (beta = 0) for reasoning RL, and its dynamic sampling drops groups whose
+  rewards are all equal: their advantages are all zero, so they carry no gradient (we return exact zeros).
+- Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective", arXiv:2503.20783,
+  sec. 3) names two biases in the formula above. Length bias: with 1/|o_i|, a wrong (negative advantage)
+  answer is penalised less per token the longer it is, so the policy learns to make wrong answers long.
+  Fix: sum each sequence's tokens and divide by a constant (the generation budget) instead of |o_i|.
+  Difficulty bias: dividing by std(r) up-weights questions that are almost always right or almost always
+  wrong (small std). Fix: A_i = r_i - mean(r).
+
+One GRPO iteration (DeepSeekMath Algorithm 1): sample G answers per question with pi_old, score them,
+compute advantages once, then take one or more gradient steps on the loss below with pi_old held fixed.
+We minimise the loss, -J.
+"""
+
+import torch
+
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+
+# -----------------------------------------------------------------------------
+# the GRPO objective: pure functions of tensors
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over the positions where mask is set, along dim (all of x if None); 0 where nothing is set."""
+    mask = mask.bool()
+    total = torch.where(mask, x, 0.0).sum(dim)  # where, not x * mask: inf * 0 would be NaN
+    return total / mask.sum(dim).clamp(min=1)
+
+
+def group_advantages(rewards, scale_std=True, eps=1e-6):
+    """
+    Group-relative advantages. rewards: [P, G], G sampled answers for each of P prompts -> advantages [P, G].
+
+    scale_std=True:  A_i = (r_i - mean(r)) / (std(r) + eps)    GRPO (DeepSeekMath sec. 4.1.2, R1 eq. 3)
+    scale_std=False: A_i =  r_i - mean(r)                      Dr. GRPO (no difficulty bias)
+
+    std is the unbiased sample std (Bessel's correction, divide by G-1), torch.std's default and what TRL and
+    veRL use. A group whose rewards are all equal gets exactly zero advantages (rounding in the mean would
+    otherwise leave tiny nonzero values, then amplified by 1 / eps).
+    """
+    P, G = rewards.shape
+    if G < 2:
+        raise ValueError(f"GRPO needs at least 2 samples per prompt to form a baseline, got G={G}")
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    adv = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_std:
+        adv = adv / (rewards.std(dim=1, keepdim=True) + eps)
+    all_equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    return adv.masked_fill(all_equal, 0.0)
+
+
+def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=None):
+    """
+    Reduce per-token losses [N, T] to a scalar over the tokens where mask [N, T] is set. Sequences with no
+    valid tokens contribute 0 (never NaN) and still count in the seq-mean modes' 1/N.
+
+    "seq-mean-token-mean":     1/N sum_i 1/|o_i| sum_t    GRPO (DeepSeekMath eq. 3): each sequence weighs the same
+    "token-mean":              1/sum_i|o_i| sum_i sum_t   DAPO (sec. 3.3): each token weighs the same
+    "seq-mean-token-sum-norm": 1/N sum_i 1/max_len sum_t  Dr. GRPO: a constant instead of |o_i|; pass the
+                               generation budget as max_len (default T, which changes with the batch's padding)
+    """
+    mask = mask.bool()
+    loss_tok = torch.where(mask, loss_tok, 0.0)
+    if loss_agg_mode == "seq-mean-token-mean":
+        return (loss_tok.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if loss_agg_mode == "token-mean":
+        return loss_tok.sum() / mask.sum().clamp(min=1)
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        max_len = loss_tok.shape[-1] if max_len is None else max_len
+        return (loss_tok.sum(-1) / max_len).mean()
+    raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}, expected one of {LOSS_AGG_MODES}")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip_eps_high=0.2,
+              kl_beta=0.0, loss_agg_mode="seq-mean-token-mean", max_len=None):
+    """
+    The GRPO loss, -J(theta) of DeepSeekMath eq. 3, with DAPO's decoupled clip and a choice of aggregation.
+
+    logp       [N, T] log pi_theta of the sampled tokens (carries the gradient)
+    old_logp   [N, T] log pi_old, the policy that sampled them (a constant)
+    ref_logp   [N, T] log pi_ref, the frozen reference (a constant); may be None when kl_beta == 0
+    advantages [N]    one per sequence, shared by all its tokens (see group_advantages)
+    mask       [N, T] 1 (or True) on the response tokens that count, 0 on prompt and padding
+    max_len    the constant of "seq-mean-token-sum-norm" (see aggregate_loss)
+
+    Returns (loss, stats). stats holds detached 0-d tensors (no host sync; .item() them to log):
+      pg_loss     the clipped policy-gradient part of the loss alone, aggregated like the loss
+      kl          mean k3 KL to the reference over valid tokens (0 when ref_logp is None)
+      clip_frac   fraction of valid tokens the clip silences: rho > 1+eps_high with A > 0, or rho < 1-eps_low
+                  with A < 0, i.e. where the clipped term is strictly the minimum and the gradient is zero
+                  (as TRL and veRL count it)
+      ratio_mean  mean of rho over valid tokens
+      ratio_max   max of rho over valid tokens (0 if there are none)
+    """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}, expected one of {LOSS_AGG_MODES}")
+    if kl_beta != 0 and ref_logp is None:
+        raise ValueError("kl_beta != 0 needs ref_logp")
+    mask = mask.bool()
+    A = advantages.detach().to(logp.dtype)[:, None]  # [N, 1], broadcast over the sequence's tokens
+    # Padding positions may hold anything; zero their log-ratios so that exp() can overflow neither the value
+    # nor the gradient into inf/NaN. They get rho = 1 and are dropped by the aggregation anyway.
+    log_ratio = torch.where(mask, logp - old_logp.detach(), 0.0)
+    ratio = torch.exp(log_ratio)
+    # clipped surrogate (DeepSeekMath eq. 3), lower and upper clip decoupled (DAPO sec. 3.1, clip-higher)
+    unclipped = ratio * A
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * A
+    pg_tok = -torch.minimum(unclipped, clipped)
+    loss_tok = pg_tok
+    kl_tok = None
+    if ref_logp is not None:
+        # k3 estimator (DeepSeekMath eq. 4): exp(ref - logp) - (ref - logp) - 1 >= 0, zero iff pi_theta == pi_ref
+        log_ref_ratio = torch.where(mask, ref_logp.detach() - logp, 0.0)
+        kl_tok = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+        if kl_beta != 0:
+            loss_tok = pg_tok + kl_beta * kl_tok  # inside the token average, as in eq. 3
+    loss = aggregate_loss(loss_tok, mask, loss_agg_mode, max_len)
+
+    with torch.no_grad():
+        silenced = ((ratio > 1 + clip_eps_high) & (A > 0)) | ((ratio < 1 - clip_eps_low) & (A < 0))
+        stats = {
+            "pg_loss": aggregate_loss(pg_tok, mask, loss_agg_mode, max_len),
+            "kl": masked_mean(kl_tok, mask) if kl_tok is not None else logp.new_zeros(()),
+            "clip_frac": masked_mean(silenced.to(logp.dtype), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": torch.where(mask, ratio, 0.0).max(),
+        }
+    return loss, stats

@@ -1,0 +1,309 @@
+import math
+
+import pytest
+import torch
+
+from grpo import LOSS_AGG_MODES, aggregate_loss, group_advantages, grpo_loss, masked_mean
+
+
+# ----------------------------------------------------------------------------- plain reference implementations
+# Written with python loops over sequences and tokens and scalar float64 tensors, straight from the formulas,
+# sharing no code with grpo.py. Scalar tensors keep autograd, so gradients can be compared too.
+
+def ref_advantages(rewards, scale_std):
+    out = []
+    for group in rewards.tolist():
+        G = len(group)
+        mean = sum(group) / G
+        std = math.sqrt(sum((r - mean) ** 2 for r in group) / (G - 1))  # unbiased, as documented
+        if all(r == group[0] for r in group):
+            out.append([0.0] * G)
+        elif scale_std:
+            out.append([(r - mean) / (std + 1e-6) for r in group])
+        else:
+            out.append([r - mean for r in group])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len):
+    N, T = logp.shape
+    seq_terms, n_valid_total = [], 0
+    for i in range(N):
+        total = torch.zeros((), dtype=torch.float64)
+        n_valid = 0
+        for t in range(T):
+            if not mask[i, t]:
+                continue
+            n_valid += 1
+            ratio = torch.exp(logp[i, t] - float(old[i, t]))
+            a = float(adv[i])
+            surrogate = min(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
+            term = -surrogate
+            if beta != 0:
+                d = float(ref[i, t]) - logp[i, t]
+                term = term + beta * (torch.exp(d) - d - 1)
+            total = total + term
+        seq_terms.append((total, n_valid))
+        n_valid_total += n_valid
+    if mode == "seq-mean-token-mean":
+        return sum(s / max(n, 1) for s, n in seq_terms) / N
+    if mode == "token-mean":
+        return sum(s for s, _ in seq_terms) / max(n_valid_total, 1)
+    if mode == "seq-mean-token-sum-norm":
+        L = T if max_len is None else max_len
+        return sum(s / L for s, _ in seq_terms) / N
+    raise AssertionError(mode)
+
+
+def ref_stats(logp, old, ref, adv, mask, eps_low, eps_high):
+    logp = logp.detach()
+    ratios, kls, clipped = [], [], 0
+    for i in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            if mask[i, t]:
+                r = math.exp(float(logp[i, t]) - float(old[i, t]))
+                d = float(ref[i, t]) - float(logp[i, t])
+                ratios.append(r)
+                kls.append(math.exp(d) - d - 1)
+                a = float(adv[i])
+                clipped += (a > 0 and r > 1 + eps_high) or (a < 0 and r < 1 - eps_low)
+    n = len(ratios)
+    return dict(kl=sum(kls) / n, clip_frac=clipped / n, ratio_mean=sum(ratios) / n, ratio_max=max(ratios))
+
+
+def random_batch(seed, N=6, T=9, dtype=torch.float64, spread=0.4):
+    g = torch.Generator().manual_seed(seed)
+    logp = (-3 * torch.rand(N, T, generator=g, dtype=dtype)).requires_grad_()
+    # old and ref differ from logp by up to +-spread in log space: ratios in ~[0.67, 1.5], across both clip edges
+    old = logp.detach() + spread * (2 * torch.rand(N, T, generator=g, dtype=dtype) - 1)
+    ref = logp.detach() + spread * (2 * torch.rand(N, T, generator=g, dtype=dtype) - 1)
+    adv = torch.randn(N, generator=g, dtype=dtype)
+    mask = torch.rand(N, T, generator=g) < 0.7
+    mask[1] = False  # one sequence with no valid tokens at all
+    mask[0] = True   # and one that fills the whole width
+    return logp, old, ref, adv, mask
+
+
+# ----------------------------------------------------------------------------- advantages
+
+@pytest.mark.parametrize("scale_std", [True, False])
+def test_advantages_match_formula(scale_std):
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randint(0, 3, (32, 8), generator=g).double() + 0.1 * torch.rand(32, 8, generator=g).double()
+    rewards[3] = 0.7  # one group with all rewards equal
+    rewards[5] = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])  # one lucky sample in the group
+    adv = group_advantages(rewards, scale_std=scale_std)
+    assert adv.shape == rewards.shape and adv.dtype == torch.float64
+    torch.testing.assert_close(adv, ref_advantages(rewards, scale_std), rtol=1e-10, atol=1e-10)
+
+
+def test_advantages_values_by_hand():
+    # unbiased std of [1, 0, 0, 0] is sqrt(0.75 / 3) = 0.5: the winner gets +1.5, each loser -0.5
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([[1.5, -0.5, -0.5, -0.5]]))
+    # Dr. GRPO: r - mean, no division
+    adv = group_advantages(torch.tensor([[3.0, 1.0, 2.0, 6.0]]), scale_std=False)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, -2.0, -1.0, 3.0]]))
+
+
+def test_all_equal_rewards_give_exact_zero_advantage_and_gradient():
+    # in float32 the mean of eight 0.1s is off by one ulp, and a naive (r - mean) / (std + eps) turns that
+    # rounding into advantages of about 0.007
+    rewards = torch.tensor([[0.1] * 8, [1.0] * 8, [0.0] * 8, [0.3] * 8])
+    for scale_std in (True, False):
+        adv = group_advantages(rewards, scale_std=scale_std)
+        assert torch.equal(adv, torch.zeros_like(adv))
+    logp, old, ref, _, mask = random_batch(1, N=32)
+    adv = group_advantages(rewards).flatten()
+    for mode in LOSS_AGG_MODES:
+        loss, _ = grpo_loss(logp, old, None, adv, mask, loss_agg_mode=mode)
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_advantages_need_two_samples_and_accept_integer_rewards():
+    with pytest.raises(ValueError):
+        group_advantages(torch.ones(4, 1))
+    adv = group_advantages(torch.tensor([[1, 0], [2, 2]]), scale_std=False)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, -0.5], [0.0, 0.0]]))
+
+
+# ----------------------------------------------------------------------------- the loss against the plain formula
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+@pytest.mark.parametrize("eps_low,eps_high", [(0.2, 0.2), (0.1, 0.28)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_and_gradient_match_formula(mode, beta, eps_low, eps_high, seed):
+    logp, old, ref, adv, mask = random_batch(seed)
+    max_len = 13 if seed else None  # Dr. GRPO's constant, given or defaulting to T
+    kw = dict(clip_eps_low=eps_low, clip_eps_high=eps_high, kl_beta=beta, loss_agg_mode=mode, max_len=max_len)
+    loss, stats = grpo_loss(logp, old, ref if beta else None, adv, mask, **kw)
+    (grad,) = torch.autograd.grad(loss, logp)
+
+    expected = ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len)
+    (expected_grad,) = torch.autograd.grad(expected, logp)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(loss) and grad[1].abs().sum() == 0  # the empty sequence: no NaN, no gradient
+    assert grad[~mask].abs().sum() == 0 and grad[mask].abs().sum() > 0
+
+    pg_only = ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, 0.0, mode, max_len)
+    torch.testing.assert_close(stats["pg_loss"], pg_only.detach(), rtol=1e-10, atol=1e-12)
+    assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())
+
+
+def test_modes_weigh_sequences_differently():
+    # a short and a long sequence, both with advantage 1, at ratio 1: the per-token weights differ by mode
+    logp = torch.zeros(2, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)  # a float mask works too
+    adv = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    weights = {"seq-mean-token-mean": [1 / 2, 1 / 8],        # 1/N * 1/|o_i|
+               "token-mean": [1 / 5, 1 / 5],                 # 1/sum|o_i|
+               "seq-mean-token-sum-norm": [1 / 8, 1 / 8]}    # 1/N * 1/T
+    for mode, (w_short, w_long) in weights.items():
+        loss, _ = grpo_loss(logp, logp.detach(), None, adv, mask, loss_agg_mode=mode)
+        (grad,) = torch.autograd.grad(loss, logp)
+        torch.testing.assert_close(grad[0, 0], torch.tensor(-w_short, dtype=torch.float64))
+        torch.testing.assert_close(grad[1], torch.full((4,), -w_long, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_first_step_is_policy_gradient(mode):
+    # pi_theta == pi_old: every ratio is 1, nothing clips, and the gradient is -A * grad log pi, per token,
+    # weighted by the mode's aggregation weight
+    logp, _, _, adv, mask = random_batch(3)
+    N, T = logp.shape
+    loss, stats = grpo_loss(logp, logp.detach(), None, adv, mask, loss_agg_mode=mode, max_len=20)
+    (grad,) = torch.autograd.grad(loss, logp)
+    expected = torch.zeros(N, T, dtype=torch.float64)
+    for i in range(N):
+        n_i = int(mask[i].sum())
+        for t in range(T):
+            if mask[i, t]:
+                w = {"seq-mean-token-mean": 1 / (N * n_i), "token-mean": 1 / int(mask.sum()),
+                     "seq-mean-token-sum-norm": 1 / (N * 20)}[mode]
+                expected[i, t] = -adv[i] * w
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(loss.detach(), expected.sum())  # at ratio 1 the loss is -sum_it w_i A_i too
+    assert stats["clip_frac"] == 0 and stats["ratio_mean"] == 1 and stats["ratio_max"] == 1
+
+
+# ----------------------------------------------------------------------------- KL
+
+def test_kl_is_zero_with_zero_gradient_when_policy_is_reference():
+    logp, old, _, adv, mask = random_batch(4)
+    base, _ = grpo_loss(logp, old, None, adv, mask, kl_beta=0.0)
+    (base_grad,) = torch.autograd.grad(base, logp)
+    loss, stats = grpo_loss(logp, old, logp.detach(), adv, mask, kl_beta=0.5)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert stats["kl"] == 0
+    torch.testing.assert_close(loss, base, rtol=0, atol=1e-15)
+    torch.testing.assert_close(grad, base_grad, rtol=0, atol=1e-15)
+
+
+def test_kl_is_positive_k3_and_pulls_toward_reference():
+    logp, old, ref, adv, mask = random_batch(5)
+    _, stats = grpo_loss(logp, old, ref, adv, mask, kl_beta=0.1)
+    expected = ref_stats(logp, old, ref, adv, mask, 0.2, 0.2)
+    torch.testing.assert_close(stats["kl"].item(), expected["kl"], rtol=1e-10, atol=0)
+    assert stats["kl"] > 0
+    # with no advantage, the loss is beta * KL alone; a gradient step must move logp toward ref
+    loss, _ = grpo_loss(logp, old, ref, torch.zeros_like(adv), mask, kl_beta=1.0)
+    (grad,) = torch.autograd.grad(loss, logp)
+    step = -grad[mask]
+    assert (step * (ref - logp.detach())[mask] > 0).all()
+
+
+def test_beta_zero_needs_no_reference_and_beta_nonzero_does():
+    logp, old, ref, adv, mask = random_batch(6)
+    loss, stats = grpo_loss(logp, old, None, adv, mask, kl_beta=0.0)
+    assert stats["kl"] == 0 and torch.isfinite(loss)
+    with pytest.raises(ValueError):
+        grpo_loss(logp, old, None, adv, mask, kl_beta=0.1)
+    # given a reference with beta = 0, the KL is reported but does not enter the loss
+    loss_with_ref, stats = grpo_loss(logp, old, ref, adv, mask, kl_beta=0.0)
+    assert stats["kl"] > 0 and torch.equal(loss_with_ref, loss)
+
+
+# ----------------------------------------------------------------------------- clipping
+
+def clip_case(ratios, advs, eps_low=0.2, eps_high=0.2):
+    # one token per sequence, with the given ratio and advantage; returns the gradient per token and clip_frac
+    old = torch.zeros(len(ratios), 1, dtype=torch.float64)
+    logp = torch.log(torch.tensor(ratios, dtype=torch.float64))[:, None].requires_grad_()
+    adv = torch.tensor(advs, dtype=torch.float64)
+    loss, stats = grpo_loss(logp, old, None, adv, torch.ones(len(ratios), 1), clip_eps_low=eps_low,
+                            clip_eps_high=eps_high, loss_agg_mode="token-mean")
+    (grad,) = torch.autograd.grad(loss, logp)
+    return grad[:, 0], stats["clip_frac"].item()
+
+
+def test_clip_silences_exactly_the_tokens_it_should():
+    #          too likely & good   too unlikely & bad   low & good   high & bad   inside range
+    ratios = [1.5, 0.5, 0.5, 1.5, 1.1]
+    advs = [1.0, -1.0, 1.0, -1.0, 1.0]
+    grad, clip_frac = clip_case(ratios, advs)
+    assert grad[0] == 0 and grad[1] == 0  # the clip removes the incentive to move further
+    # elsewhere the unclipped term rho * A is the minimum: d(-rho A)/d logp = -rho A, averaged over 5 tokens
+    torch.testing.assert_close(grad[2:], torch.tensor([-0.5, 1.5, -1.1], dtype=torch.float64) / 5)
+    assert clip_frac == pytest.approx(2 / 5)
+
+
+def test_asymmetric_clip_respects_each_bound():
+    # DAPO clip-higher: eps_high = 0.28 lets a good token reach ratio 1.25, which eps = 0.2 would clip
+    grad, clip_frac = clip_case([1.25, 1.25], [1.0, 1.0], eps_low=0.2, eps_high=0.28)
+    assert (grad != 0).all() and clip_frac == 0
+    grad, clip_frac = clip_case([1.25, 1.25], [1.0, 1.0], eps_low=0.28, eps_high=0.2)
+    assert (grad == 0).all() and clip_frac == 1
+    # and the lower bound is eps_low's alone: ratio 0.75 with a bad token
+    grad, clip_frac = clip_case([0.75], [-1.0], eps_low=0.2, eps_high=0.3)
+    assert grad[0] == 0 and clip_frac == 1
+    grad, clip_frac = clip_case([0.75], [-1.0], eps_low=0.3, eps_high=0.2)
+    assert grad[0] != 0 and clip_frac == 0
+
+
+@pytest.mark.parametrize("eps_low,eps_high", [(0.2, 0.2), (0.1, 0.28)])
+def test_stats_match_formula(eps_low, eps_high):
+    logp, old, ref, adv, mask = random_batch(7, N=16, T=12)
+    _, stats = grpo_loss(logp, old, ref, adv, mask, clip_eps_low=eps_low, clip_eps_high=eps_high, kl_beta=0.1)
+    expected = ref_stats(logp, old, ref, adv, mask, eps_low, eps_high)
+    for k, v in expected.items():
+        assert stats[k].item() == pytest.approx(v, rel=1e-10), k
+    assert 0 < expected["clip_frac"] < 1  # the random batch does exercise the clip
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+def test_padding_garbage_and_empty_batches_stay_finite():
+    # float32, padding holding huge or -inf log-probs: exp() there would overflow, masked or not
+    logp, old, ref, adv, mask = random_batch(8, dtype=torch.float32)
+    logp = logp.detach().masked_fill(~mask, 200.0).requires_grad_()
+    old = old.masked_fill(~mask, -float("inf"))
+    ref = ref.masked_fill(~mask, 300.0)
+    for mode in LOSS_AGG_MODES:
+        loss, stats = grpo_loss(logp, old, ref, adv, mask, kl_beta=0.1, loss_agg_mode=mode)
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad[~mask].abs().sum() == 0
+        assert all(torch.isfinite(v) for v in stats.values())
+        # no valid token anywhere: the loss is 0, not NaN
+        empty = torch.zeros_like(mask)
+        loss, stats = grpo_loss(logp, old, ref, adv, empty, kl_beta=0.1, loss_agg_mode=mode)
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert loss.item() == 0 and not grad.any() and all(v.item() == 0 for v in stats.values())
+
+
+def test_unknown_mode_raises():
+    logp, old, _, adv, mask = random_batch(9)
+    with pytest.raises(ValueError):
+        grpo_loss(logp, old, None, adv, mask, loss_agg_mode="seq-mean")
+    with pytest.raises(ValueError):
+        aggregate_loss(logp, mask, "sum")
+
+
+def test_masked_mean():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, float("nan"), 6.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    assert masked_mean(x, mask).item() == 1.5
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.5, 0.0]))
+    torch.testing.assert_close(masked_mean(x, mask, dim=0), torch.tensor([1.0, 2.0, 0.0]))
