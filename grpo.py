@@ -49,7 +49,17 @@ compute advantages once, then take one or more gradient steps on the loss below 
 We minimise the loss, -J.
 """
 
+import copy
+import math
+import time
+from dataclasses import dataclass
+
 import torch
+
+from data import encode, get_tokenizer, make_prompt
+from kernels import token_logprobs
+from rewards import score
+from sample import generate, pad_token_id
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -164,3 +174,157 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
             "ratio_max": torch.where(mask, ratio, 0.0).max(),
         }
     return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# The loop: sample G completions per prompt, score them, and take μ passes of clipped policy-gradient steps.
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8               # G completions per prompt
+    max_new_tokens: int = 512
+    temperature: float = 1.0          # sampling temperature of the rollouts (and of the log-probs)
+    lr: float = 1e-4
+    epochs: int = 1                   # μ: passes over each batch of rollouts
+    minibatches: int = 2              # optimizer steps per pass; later ones are off-policy, hence the clip
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.28       # DAPO's clip-higher: more room for unlikely tokens to grow
+    kl_beta: float = 0.001            # 0 skips the reference model entirely
+    loss_agg_mode: str = "token-mean"
+    scale_std: bool = True            # False: Dr. GRPO advantages (no division by the group's std)
+    format_weight: float = 0.1        # reward = accuracy + format_weight * format
+    max_grad_norm: float = 1.0
+    rollout_batch_size: int = 512     # rows decoded together
+
+    def validate(self):
+        if self.group_size < 2:
+            raise ValueError("--rl-group-size must be >= 2: advantages compare samples within a group")
+        for name in ("max_new_tokens", "epochs", "minibatches", "rollout_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--rl-{name.replace('_', '-')} must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError("--rl-lr must be a positive number")
+        if self.temperature <= 0:
+            raise ValueError("--rl-temperature must be > 0 (GRPO needs diverse samples)")
+        if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):
+            raise ValueError("need 0 <= --rl-clip-eps-low < 1 and --rl-clip-eps-high >= 0")
+        if self.kl_beta < 0:
+            raise ValueError("--rl-kl-beta must be >= 0")
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(f"--rl-loss-agg-mode must be one of {LOSS_AGG_MODES}")
+
+
+def pack_sequences(prompts, completions, pad_id):
+    """Lay out prompt + completion rows for one training forward pass: prompts left-padded to a common
+    length (so every completion starts at the same column), completions right-padded.
+    Returns tokens [N, L], real [N, L] (True for non-padding) and response [N, L] (True on completion tokens)."""
+    P = max(len(p) for p in prompts)
+    L = P + max(len(c) for c in completions)
+    tokens = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    real = torch.zeros(len(prompts), L, dtype=torch.bool)
+    response = torch.zeros_like(real)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        tokens[i, P - len(p):P + len(c)] = torch.tensor(p + c)
+        real[i, P - len(p):P + len(c)] = True
+        response[i, P:P + len(c)] = True
+    return tokens, real, response
+
+
+class GRPOTrainer:
+    """Owns the policy's optimizer and the frozen reference; `step(rows)` is one GRPO iteration.
+    reward_fn(text, row, format_weight) scores one response (default: rewards.score)."""
+
+    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score):
+        self.model, self.cfg, self.device, self.reward_fn = model, cfg, device, reward_fn
+        self.ref = None
+        if cfg.kl_beta > 0:  # the reference is the policy as RL found it (the base model), frozen
+            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.pad_id = pad_token_id()
+
+    def state_dict(self):
+        return {"opt": self.opt.state_dict(), "ref": self.ref.state_dict() if self.ref is not None else None}
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state["opt"])
+        if self.ref is not None and state["ref"] is not None:
+            self.ref.load_state_dict(state["ref"])
+
+    def token_logprobs(self, model, tokens, real, response, return_entropy=False):
+        """log π(token | prefix) for every position of the completion region, [N, L-1] (0 elsewhere)."""
+        with self.autocast:
+            logits = model(tokens[:, :-1], pad_mask=real[:, :-1])
+        return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
+                              return_entropy=return_entropy)
+
+    def step(self, rows):
+        """rows: a list of task dicts (data.py). Returns (stats, aha_examples)."""
+        cfg, model, enc = self.cfg, self.model, get_tokenizer()
+        G = cfg.group_size
+
+        # 1. Rollouts: G samples per prompt from the current policy (KV cache, eval mode, no grad)
+        t0 = time.time()
+        prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(G)]
+        completions = []
+        for i in range(0, len(prompts), cfg.rollout_batch_size):
+            completions += generate(model, prompts[i:i + cfg.rollout_batch_size], cfg.max_new_tokens,
+                                    cfg.temperature)
+        texts = ["<think>" + enc.decode(c) for c in completions]
+        t_rollout = time.time() - t0
+
+        # 2. Rule-based rewards and group-relative advantages
+        scores = [self.reward_fn(text, rows[i // G], cfg.format_weight) for i, text in enumerate(texts)]
+        reward = torch.tensor([s.total for s in scores]).view(len(rows), G)
+        advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
+
+        # 3. Log-probs of the behaviour policy (old) and the reference, before any update
+        tokens, real, response = (t.to(self.device) for t in pack_sequences(prompts, completions, self.pad_id))
+        mask = response[:, 1:]
+        with torch.no_grad():
+            model.eval()
+            old_logp = self.token_logprobs(model, tokens, real, response)
+            ref_logp = self.token_logprobs(self.ref, tokens, real, response) if self.ref is not None else None
+            model.train()
+
+        # 4. μ passes of minibatch updates on the clipped objective
+        t1, n = time.time(), len(prompts)
+        logs = []
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(n, device=self.device).chunk(cfg.minibatches):
+                logp, entropy = self.token_logprobs(model, tokens[idx], real[idx], response[idx],
+                                                    return_entropy=True)
+                loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
+                                        advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
+                                        cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower --rl-lr")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                router = model.router_stats()
+                model.update_router_bias()
+                stats.update(loss=loss.item(), grad_norm=grad_norm.item(),
+                             entropy=masked_mean(entropy, mask[idx]).item(),
+                             router_max_over_mean=sum(router) / len(router) if router else None)
+                logs.append(stats)
+        t_train = time.time() - t1
+
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
+        accuracy = torch.tensor([s.accuracy for s in scores])
+        reflections = torch.tensor([float(s.reflections) for s in scores])
+        summary = {key: float(sum(float(s[key]) for s in logs) / len(logs))
+                   for key in logs[0] if logs[0][key] is not None}
+        summary.update(
+            reward=reward.mean().item(), accuracy=accuracy.mean().item(),
+            format=sum(s.format for s in scores) / n,
+            response_len_mean=lengths.mean().item(), response_len_max=lengths.max().item(),
+            reflection_rate=reflections.mean().item(),
+            reflection_rate_correct=reflections[accuracy == 1].mean().item() if accuracy.any() else 0.0,
+            groups_with_signal=(reward.std(1) > 0).float().mean().item(),
+            rollout_s=t_rollout, train_s=t_train, rollout_tokens_per_s=lengths.sum().item() / t_rollout)
+        # "aha" examples: the model said "wait", tried again, and ended correct
+        aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
+               for i in range(n) if scores[i].accuracy == 1 and "wait" in texts[i].lower()][:2]
+        return summary, aha

@@ -99,6 +99,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
         real[i, P - len(p):] = True
     tokens, real = tokens.to(device), real.to(device)
     stop = torch.tensor(stop_ids, device=device)
+    n_vocab = get_tokenizer().n_vocab
 
     was_training = model.training
     model.eval()
@@ -112,7 +113,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
         out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_p, generator)
+            # the embedding table is rounded up past the tokenizer's ids; never sample the unused rows
+            nxt = sample_next(logits[:, :n_vocab], temperature, top_p, generator)
             out[:, t] = nxt
             done |= torch.isin(nxt, stop)
             if t + 1 == max_new_tokens or (t % 8 == 7 and bool(done.all())):  # syncing every step would stall

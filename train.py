@@ -39,7 +39,7 @@ class TrainConfig:
     device: str = "auto"                # auto: cuda if available, else cpu
     resume: bool = False                # continue from the checkpoints in out_dir
     # pretraining on the synthetic corpus
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 2000
     pretrain_batch_size: int = 64
     pretrain_seq_len: int = 512
     pretrain_lr: float = 2e-3

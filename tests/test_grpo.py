@@ -307,3 +307,28 @@ def test_masked_mean():
     assert masked_mean(x, mask).item() == 1.5
     torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.5, 0.0]))
     torch.testing.assert_close(masked_mean(x, mask, dim=0), torch.tensor([1.0, 2.0, 0.0]))
+
+
+# ----------------------------------------------------------------------------- the loop, end to end on a toy task
+
+def test_tiny_grpo_run_raises_reward_on_a_toy_task():
+    """Reward 1 when the response starts with a digit (about 20 of the ~450 tokens do, so a few percent of
+    random samples): a few dozen GRPO steps must make the tiny random model prefer such answers."""
+    import re
+
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+    from rewards import Reward
+
+    def reward_fn(text, row, format_weight):
+        hit = float(bool(re.match(r"<think> ?[0-9]", text)))
+        return Reward(total=hit, format=0.0, accuracy=hit, reflections=0)
+
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny"))
+    cfg = GRPOConfig(group_size=8, max_new_tokens=2, lr=3e-3, kl_beta=0.01, minibatches=1)
+    trainer = GRPOTrainer(model, cfg, torch.device("cpu"), reward_fn=reward_fn)
+    rows = [{"question": f"What is {i} + {i}?"} for i in range(8)]
+    accuracy = [trainer.step(rows)[0]["accuracy"] for _ in range(40)]
+    assert sum(accuracy[:5]) / 5 < 0.2, accuracy
+    assert sum(accuracy[-5:]) / 5 > 0.6, accuracy
