@@ -1,0 +1,167 @@
+"""
+kernels.token_logprobs against float64 PyTorch. Runs the Triton kernels themselves on CPU, through
+Triton's interpreter, so every check here would catch a bug in the kernel, not in a fallback.
+"""
+
+import os
+import sys
+
+_PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+# triton reads TRITON_INTERPRET once, when imported, and an earlier test module may have imported it
+# already (grpo.py imports kernels). Drop those modules so both are imported afresh, interpreted.
+# triton._C is the compiled extension: it can't be loaded twice and doesn't depend on the variable.
+for _name in [m for m in sys.modules if m.split(".")[0] in ("triton", "kernels") and not m.startswith("triton._C")]:
+    del sys.modules[_name]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kernels import logprobs, token_logprobs, token_logprobs_reference  # noqa: E402
+
+# relative error allowed in the grad from its rounding to logits' dtype: one ulp, as Triton's interpreter
+# rounds bfloat16 toward zero (the GPU rounds to nearest, half an ulp)
+EPS = {torch.float32: 1e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+# the interpreter runs masked-off lanes through numpy too (log(0), 0 * inf), whose results are never stored
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_interpret_env():
+    yield  # the other test modules run with TRITON_INTERPRET as it was
+    if _PREVIOUS_INTERPRET is None:
+        os.environ.pop("TRITON_INTERPRET")
+    else:
+        os.environ["TRITON_INTERPRET"] = _PREVIOUS_INTERPRET
+
+
+@pytest.fixture
+def triton_only(monkeypatch):
+    """Fail the test if token_logprobs falls back to PyTorch instead of running the kernel."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("token_logprobs took the PyTorch fallback, not the Triton kernel")
+    monkeypatch.setattr(logprobs, "token_logprobs_reference", no_fallback)
+
+
+def reference64(logits, targets, temperature, grad_logp):
+    """logp, entropy and d(sum grad_logp * logp)/dlogits in float64, from logits as given (already rounded)."""
+    x = logits.detach().double().requires_grad_()
+    logp_all = torch.log_softmax(x / temperature, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = torch.special.entr(logp_all.exp()).sum(-1)
+    logp.backward(grad_logp.double())
+    return logp.detach(), entropy.detach(), x.grad
+
+
+def check(logits, targets, temperature=1.0, seed=0):
+    """Run the kernel forward (logp, entropy) and backward with a random upstream grad; compare to float64."""
+    x = logits.detach().requires_grad_()  # detach keeps the strides: a non-contiguous view stays one
+    logp, entropy = token_logprobs(x, targets, temperature=temperature, return_entropy=True)
+    assert logp.dtype == entropy.dtype == torch.float32 and logp.shape == entropy.shape == x.shape[:-1]
+    assert not entropy.requires_grad
+    grad_logp = torch.randn(logp.shape, generator=torch.Generator().manual_seed(seed + 1))
+    logp.backward(grad_logp)
+    assert x.grad.dtype == x.dtype and x.grad.shape == x.shape
+
+    ref_logp, ref_entropy, ref_grad = reference64(x, targets, temperature, grad_logp)
+    # float32 arithmetic inside the kernel: errors grow with the size of logits / temperature
+    scale = 1 + x.detach().double().masked_fill(x.isinf(), 0).abs().max().item() / temperature
+    torch.testing.assert_close(logp.double(), ref_logp, rtol=1e-5, atol=2e-6 * scale)
+    torch.testing.assert_close(entropy.double(), ref_entropy, rtol=1e-5, atol=2e-6 * scale)
+    # the grad is rounded to logits' dtype; p = exp(z - lse) inherits lse's float32 error, relative
+    eps = EPS[x.dtype]
+    g_max = grad_logp.abs().max().item() / temperature
+    torch.testing.assert_close(x.grad.double(), ref_grad, rtol=eps, atol=g_max * (1e-6 + 4e-7 * scale))
+
+
+def randn(*shape, dtype=torch.float32, seed=0, scale=1.0):
+    return (scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))).to(dtype)
+
+
+def randint(V, shape, seed=0):
+    return torch.randint(V, shape, generator=torch.Generator().manual_seed(seed + 7))
+
+
+# -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("V, rows", [(1, 5), (2, 5), (17, 9), (1000, 20), (50257, 3)])
+def test_vocab_sizes(triton_only, V, rows):
+    check(randn(rows, V, seed=V, scale=3.0), randint(V, (rows,), seed=V))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+def test_dtypes_and_temperatures(triton_only, dtype, temperature):
+    seed = int(10 * temperature)
+    check(randn(2, 5, 333, dtype=dtype, seed=seed, scale=4.0), randint(333, (2, 5), seed=seed), temperature)
+
+
+@pytest.mark.parametrize("shape", [(37,), (6, 37), (2, 3, 37), (2, 2, 3, 37)])
+def test_leading_dims(triton_only, shape):
+    check(randn(*shape, seed=len(shape)), randint(37, shape[:-1], seed=len(shape)), temperature=0.7)
+
+
+@pytest.mark.parametrize("view", ["transpose", "slice", "vocab_stride", "permute_4d"])
+def test_non_contiguous(triton_only, view):
+    base = randn(4, 6, 2 * 129, dtype=torch.bfloat16, seed=3)
+    logits = {
+        "transpose": base.transpose(0, 1),  # (T, B, V) from (B, T, V)
+        "slice": base[:, 1:-1],  # the completion region, as grpo.py takes it
+        "vocab_stride": base[..., ::2],  # every other vocab entry
+        "permute_4d": base.view(2, 2, 6, -1).permute(1, 0, 2, 3),
+    }[view]
+    assert not logits.is_contiguous()
+    if view != "permute_4d":  # these the kernel reads in place, through their strides
+        assert logprobs._as_3d(logits).data_ptr() == logits.data_ptr()
+    targets = randint(logits.shape[-1], (*logits.shape[:-1], 2), seed=4)[..., 0]  # strided too
+    check(logits, targets)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_large_logits(triton_only, dtype):
+    # exp(1e4) overflows any float: only the online max keeps this finite
+    check(randn(8, 1500, dtype=dtype, seed=5, scale=1e4), randint(1500, (8,), seed=5), temperature=1.3)
+
+
+def test_masked_logits(triton_only):
+    logits = randn(3, 4, 700, seed=6, scale=2.0)
+    targets = randint(700, (3, 4), seed=6)
+    masked = torch.rand(logits.shape, generator=torch.Generator().manual_seed(6)) < 0.5
+    masked.scatter_(-1, targets.unsqueeze(-1), False)  # keep the targets themselves finite
+    masked[0, 0] = True  # one row with every entry masked but the target: logp 0, entropy 0
+    masked[0, 0, targets[0, 0]] = False
+    masked[1, :, :512] = True  # whole -inf blocks before any finite entry of the row
+    logits = logits.masked_fill(masked, float("-inf"))
+    check(logits, targets)
+    logp, entropy = token_logprobs(logits, targets, return_entropy=True)
+    assert logp[0, 0] == 0 and entropy[0, 0] == 0
+
+
+@pytest.mark.parametrize("config", [(1, 16, 4), (4, 32, 2)])
+def test_many_chunks(triton_only, monkeypatch, config):
+    # tiny tiles: many chunks per row (the online rescaling), and rows padded out to BLOCK_R
+    monkeypatch.setattr(logprobs, "_config", lambda V: config)
+    logits = randn(3, 5, 203, seed=10, scale=5.0)
+    logits[0, :, :100] = float("-inf")  # several all -inf chunks before the first finite one
+    logits[..., 150:170] = float("-inf")
+    check(logits, 180 + randint(23, (3, 5), seed=10), temperature=0.7)
+
+
+def test_logp_only_and_expanded_grad(triton_only):
+    logits = randn(3, 5, 77, seed=8).requires_grad_()
+    targets = randint(77, (3, 5), seed=8)
+    logp = token_logprobs(logits, targets, temperature=0.9)  # a tensor, not a tuple
+    logp.sum().backward()  # upstream grad arrives expanded, with stride 0
+    ref = logits.detach().clone().requires_grad_()
+    token_logprobs_reference(ref, targets, temperature=0.9).sum().backward()
+    torch.testing.assert_close(logp, token_logprobs_reference(logits.detach(), targets, temperature=0.9))
+    torch.testing.assert_close(logits.grad, ref.grad)
+
+
+def test_cpu_fallback(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    logits, targets = randn(2, 3, 50, seed=9), randint(50, (2, 3), seed=9)
+    assert not logprobs._use_triton(logits)
+    check(logits, targets, temperature=1.3)
