@@ -168,6 +168,13 @@ def evaluate(model, rows, k, max_new_tokens, temperature, batch_size=512):
             "problems": len(rows), "samples_per_problem": k, "example": texts[0]}
 
 
+def growth(rows, key):
+    """Mean of the last 10% of RL steps over the first 10% (R1-Zero's length and reflection growth)."""
+    n = max(1, len(rows) // 10)
+    first, last = (sum(r[key] for r in part) / n for part in (rows[:n], rows[-n:]))
+    return {"first_10pct": first, "last_10pct": last, "ratio": last / first if first else float("inf")}
+
+
 # -----------------------------------------------------------------------------
 # Plots
 
@@ -342,6 +349,10 @@ def main(cfg: TrainConfig):
     if cfg.rl_steps and cfg.eval_problems:
         evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature)
         print("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+    rl_rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
+    rl_rows = [r for r in rl_rows if r.get("stage") == "rl"]
+    if rl_rows:
+        evals["rl_growth"] = {key: growth(rl_rows, key) for key in ("response_len_mean", "reflection_rate", "accuracy")}
     evals["wall_time_s"] = time.time() - t_start
     json.dump(evals, open(paths["eval.json"], "w"), indent=2)
     metrics_file.close()

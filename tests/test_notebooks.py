@@ -30,7 +30,7 @@ def run_notebook(path, results):
 
 @pytest.mark.parametrize("name", ["learning_curves.ipynb", "aha_moment.ipynb"])
 def test_notebooks_run_on_committed_results(name):
-    scope = run_notebook(os.path.join(ROOT, "notebooks", name), os.path.join(ROOT, "results"))
+    scope = run_notebook(os.path.join(ROOT, "notebooks", name), os.path.join(ROOT, "results", "seed0"))
     assert scope["rl"], "the committed metrics have RL steps"
     if name == "aha_moment.ipynb":
         assert scope["aha"], "the committed run saved aha transcripts"
