@@ -139,10 +139,10 @@ def test_masked_logits(triton_only):
     assert logp[0, 0] == 0 and entropy[0, 0] == 0
 
 
-@pytest.mark.parametrize("config", [(1, 16, 4), (4, 32, 2)])
-def test_many_chunks(triton_only, monkeypatch, config):
-    # tiny tiles: many chunks per row (the online rescaling), and rows padded out to BLOCK_R
-    monkeypatch.setattr(logprobs, "_config", lambda V: config)
+@pytest.mark.parametrize("block_v", [16, 64])
+def test_many_chunks(triton_only, monkeypatch, block_v):
+    # small chunks: many of them per row, so the online max and its rescaling get exercised
+    monkeypatch.setattr(logprobs, "_config", lambda V: (block_v, 1))
     logits = randn(3, 5, 203, seed=10, scale=5.0)
     logits[0, :, :100] = float("-inf")  # several all -inf chunks before the first finite one
     logits[..., 150:170] = float("-inf")
