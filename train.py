@@ -46,12 +46,13 @@ class TrainConfig:
     pretrain_warmup: int = 100
     pretrain_unique_tokens: int = 20_000_000  # the corpus stream is generated once and cycled
     # R1-Zero RL
-    rl_steps: int = 120
+    rl_steps: int = 160
     rl_prompts_per_step: int = 32
     # evaluation on the held-out split
     eval_problems: int = 200
     eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
-    eval_temperature: float = 1.0
+    eval_temperature: float = 0.6      # R1's evaluation protocol: temperature 0.6, top-p 0.95, pass@1 over k
+    eval_top_p: float = 0.95
     log_every: int = 10
     checkpoint_every: int = 20          # RL steps between checkpoints
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -146,13 +147,13 @@ def answer_key(text, row):
 
 
 @torch.no_grad()
-def evaluate(model, rows, k, max_new_tokens, temperature, batch_size=512):
+def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512):
     enc = data.get_tokenizer()
     prompts = [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(k)]
     texts = []
     for i in range(0, len(prompts), batch_size):
         texts += ["<think>" + enc.decode(c) for c in
-                  generate(model, prompts[i:i + batch_size], max_new_tokens, temperature)]
+                  generate(model, prompts[i:i + batch_size], max_new_tokens, temperature, top_p)]
     pass1, cons, lengths, reflections = [], [], [], []
     for j, row in enumerate(rows):
         group = texts[j * k:(j + 1) * k]
@@ -244,8 +245,8 @@ def validate(cfg: TrainConfig):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not (cfg.pretrain_lr > 0 and math.isfinite(cfg.pretrain_lr)):
         raise ValueError("--pretrain-lr must be a positive number")
-    if cfg.eval_temperature < 0:
-        raise ValueError("--eval-temperature must be >= 0")
+    if cfg.eval_temperature < 0 or not 0 < cfg.eval_top_p <= 1:
+        raise ValueError("need --eval-temperature >= 0 and 0 < --eval-top-p <= 1")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device}")
     cfg.grpo.validate()
@@ -313,7 +314,8 @@ def main(cfg: TrainConfig):
     test_rows = data.countdown_dataset("test", n=cfg.eval_problems, seed=cfg.seed).to_list()
     evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     if "base" not in evals and cfg.eval_problems:
-        evals["base"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature)
+        evals["base"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
+                                 cfg.eval_top_p)
         print("base model:", {k: v for k, v in evals["base"].items() if k != "example"})
         json.dump(evals, open(paths["eval.json"], "w"), indent=2)
 
@@ -347,7 +349,8 @@ def main(cfg: TrainConfig):
 
     # 3. Evaluate the RL model on the same held-out problems
     if cfg.rl_steps and cfg.eval_problems:
-        evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature)
+        evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
+                                 cfg.eval_top_p)
         print("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
     rl_rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
     rl_rows = [r for r in rl_rows if r.get("stage") == "rl"]
