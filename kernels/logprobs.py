@@ -85,7 +85,7 @@ def _use_triton(t):
 
 def _config(V):
     """(BLOCK_V, num_warps): one program walks its row in BLOCK_V-wide chunks. Measured on an H100
-    (kernels/README.md): 8192 with 8 warps streams large rows at ~97% of copy bandwidth; short rows get
+    (kernels/README.md): 8192 with 8 warps streams large rows at ~96% of copy bandwidth; short rows get
     proportionally fewer warps, so every thread still loads a few 16-byte vectors per chunk."""
     block_v = min(triton.next_power_of_2(V), 8192)
     return block_v, min(8, max(1, block_v // 512))
