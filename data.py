@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import tiktoken
 
+from rewards import parse_number
+
 # -----------------------------------------------------------------------------
 # The R1-Zero template (DeepSeek-R1 paper, Table 1); the assistant turn is prefilled with "<think>".
 
@@ -236,6 +238,8 @@ def load_jsonl(path):
                     raise ValueError(f"{path}:{i}: 'numbers' must be a list of non-negative ints, 'target' an int")
                 rows.append(countdown_row(nums, target))
             elif "question" in obj and "answer" in obj:
+                if parse_number(str(obj["answer"])) is None:  # the checker compares exact values
+                    raise ValueError(f"{path}:{i}: 'answer' must be a number, got {obj['answer']!r}")
                 rows.append(arithmetic_row(str(obj["question"]), obj["answer"]))
             else:
                 raise ValueError(f"{path}:{i}: need 'numbers' and 'target', or 'question' and 'answer'")

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -252,6 +254,17 @@ def validate(cfg: TrainConfig):
     cfg.grpo.validate()
 
 
+def git_commit():
+    """The commit a run came from, for its provenance (NANOR1_COMMIT where the tree was copied without .git)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        commit = out.stdout.strip()
+    except OSError:
+        commit = ""
+    return commit or os.environ.get("NANOR1_COMMIT", "unknown")
+
+
 def drop_rows_from(files, stage, step):
     """Steps logged after the checkpoint we resume from are redone: drop their rows so each appears once."""
     def redone(line):
@@ -286,7 +299,8 @@ def main(cfg: TrainConfig):
 
     t_start = time.time()
     run_info = {"stage": "config", "config": asdict(cfg), "device": torch.cuda.get_device_name(device)
-                if device.type == "cuda" else "cpu", "torch": torch.__version__}
+                if device.type == "cuda" else "cpu", "torch": torch.__version__, "commit": git_commit(),
+                "command": " ".join(["python", "train.py", *sys.argv[1:]])}
 
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
     if cfg.resume and os.path.exists(paths["base.pt"]):

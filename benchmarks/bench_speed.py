@@ -12,7 +12,6 @@ models, and the share of the step's forward time spent in the routers.
 """
 
 import os
-import subprocess
 import sys
 import time
 
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 from model import Transformer, make_config  # noqa: E402
 from sample import generate  # noqa: E402
+from train import git_commit  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak, SXM parts
 
@@ -68,7 +68,7 @@ def active_flops_per_token(n_active_params, n_layers, dim, seq_len):
 def main():
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     import transformers
     print(f"device: {name}; torch {torch.__version__}; transformers {transformers.__version__}; commit {commit}")
     torch.manual_seed(0)

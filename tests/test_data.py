@@ -84,7 +84,8 @@ def test_load_jsonl(tmp_path):
                     + json.dumps({"question": "What is 6 * 7?", "answer": "42"}) + "\n")
     ds = data.load_jsonl(path)
     assert ds[0]["task"] == "countdown" and ds[0]["target"] == 54 and ds[1]["answer"] == "42"
-    for bad in ['{"numbers": [1, 2]}', "not json", '{"numbers": ["1"], "target": 3}', "[1, 2]"]:
+    for bad in ['{"numbers": [1, 2]}', "not json", '{"numbers": ["1"], "target": 3}', "[1, 2]",
+                '{"question": "2+2?", "answer": "four"}']:
         path.write_text(bad + "\n")
         with pytest.raises(ValueError, match=":1:"):
             data.load_jsonl(path)

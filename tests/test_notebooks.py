@@ -1,11 +1,16 @@
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = ["learning_curves.ipynb", "aha_moment.ipynb"]
+COMMITTED = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "metrics.jsonl")))
 
 
 def run_notebook(path, results):
@@ -28,9 +33,34 @@ def run_notebook(path, results):
             os.environ["NANOR1_RESULTS"] = old_env
 
 
-@pytest.mark.parametrize("name", ["learning_curves.ipynb", "aha_moment.ipynb"])
-def test_notebooks_run_on_committed_results(name):
-    scope = run_notebook(os.path.join(ROOT, "notebooks", name), os.path.join(ROOT, "results", "seed0"))
+@pytest.fixture(scope="module")
+def fresh_run(tmp_path_factory):
+    """A real (tiny, CPU) train.py run, so the notebooks are tested on what train.py writes today."""
+    out = str(tmp_path_factory.mktemp("run"))
+    args = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "10", "--pretrain-batch-size", "4",
+            "--pretrain-seq-len", "64", "--pretrain-unique-tokens", "5000", "--pretrain-warmup", "2",
+            "--log-every", "2", "--rl-steps", "3", "--rl-prompts-per-step", "2", "--rl-group-size", "2",
+            "--rl-max-new-tokens", "16", "--eval-problems", "2", "--eval-samples", "2", "--out-dir", out]
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_run_on_a_fresh_run(name, fresh_run):
+    scope = run_notebook(os.path.join(ROOT, "notebooks", name), fresh_run)
+    assert len(scope["rl"]) == 3 and scope["pre"]
+
+
+@pytest.mark.parametrize("results", COMMITTED)
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_run_on_committed_results(name, results):
+    scope = run_notebook(os.path.join(ROOT, "notebooks", name), results)
     assert scope["rl"], "the committed metrics have RL steps"
     if name == "aha_moment.ipynb":
         assert scope["aha"], "the committed run saved aha transcripts"
+
+
+def test_notebooks_say_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="NANOR1_RESULTS"):
+        run_notebook(os.path.join(ROOT, "notebooks", NOTEBOOKS[0]), str(tmp_path))

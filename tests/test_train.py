@@ -58,6 +58,7 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     assert done.returncode == 0, log
     assert f"resumed RL at step {step}" in log
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert rows[0]["stage"] == "config" and rows[0]["commit"] and "train.py" in rows[0]["command"]
     rl_steps = [r["step"] for r in rows if r["stage"] == "rl"]
     assert rl_steps == list(range(step + 3))  # every step exactly once, in order
     for key in ("reward", "accuracy", "response_len_mean", "reflection_rate", "entropy", "kl", "clip_frac",
