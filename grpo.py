@@ -186,7 +186,7 @@ class GRPOConfig:
     temperature: float = 1.0          # sampling temperature of the rollouts (and of the log-probs)
     lr: float = 1e-4
     epochs: int = 1                   # μ: passes over each batch of rollouts
-    minibatches: int = 2              # optimizer steps per pass; later ones are off-policy, hence the clip
+    minibatches: int = 4              # optimizer steps per pass; later ones are off-policy, hence the clip
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.28       # DAPO's clip-higher: more room for unlikely tokens to grow
     kl_beta: float = 0.001            # 0 skips the reference model entirely

@@ -49,7 +49,7 @@ class TrainConfig:
     pretrain_unique_tokens: int = 20_000_000  # the corpus stream is generated once and cycled
     # R1-Zero RL
     rl_steps: int = 160
-    rl_prompts_per_step: int = 32
+    rl_prompts_per_step: int = 64      # x group_size = 512 rollouts, one decode batch
     # evaluation on the held-out split
     eval_problems: int = 200
     eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
