@@ -198,6 +198,8 @@ def plot_curves(metrics_path, out_png):
         pts = [(r["step"], r[key]) for r in rs if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts))
+            if key == "kl":
+                ax.set_yscale("log")  # k3 is unbounded above: one spike would flatten the whole curve
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -255,14 +257,21 @@ def validate(cfg: TrainConfig):
 
 
 def git_commit():
-    """The commit a run came from, for its provenance (NANOR1_COMMIT where the tree was copied without .git)."""
+    """The commit a run came from, for its provenance. NANOR1_COMMIT wins: a copied tree (a remote machine)
+    may carry a stale .git. "+dirty" marks uncommitted changes to tracked files."""
+    if os.environ.get("NANOR1_COMMIT"):
+        return os.environ["NANOR1_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-        commit = out.stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except OSError:
-        commit = ""
-    return commit or os.environ.get("NANOR1_COMMIT", "unknown")
+        commit = dirty = ""
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
 def drop_rows_from(files, stage, step):

@@ -14,7 +14,6 @@ logits-sized tensor) is part of it.
 
 import argparse
 import os
-import subprocess
 import sys
 
 import torch
@@ -23,22 +22,13 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kernels import token_logprobs, token_logprobs_reference  # noqa: E402
+from train import git_commit  # noqa: E402
 
 try:
     from liger_kernel.ops.grpo_loss import fused_selective_log_softmax
     from liger_kernel.transformers.functional import liger_cross_entropy
 except ImportError:
     fused_selective_log_softmax = liger_cross_entropy = None
-
-
-def git_commit():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "."], cwd=here, text=True).strip()
-        return commit + (" + uncommitted changes in kernels/" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git checkout)"
 
 
 # -----------------------------------------------------------------------------

@@ -72,3 +72,12 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
                              "7", "11", "--target", "54", "--max-new-tokens", "8", "--device", "cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert sample.returncode == 0 and "sample 0" in sample.stdout, sample.stderr
+
+
+def test_run_provenance_names_the_commit(monkeypatch):
+    monkeypatch.delenv("NANOR1_COMMIT", raising=False)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    if head.strip():  # in a git checkout: HEAD, marked when tracked files differ from it
+        assert train.git_commit().split("+")[0] == head.strip()
+    monkeypatch.setenv("NANOR1_COMMIT", "abc1234")  # a copied tree's stale .git must not win over the caller
+    assert train.git_commit() == "abc1234"
