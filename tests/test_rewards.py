@@ -1,3 +1,4 @@
+import re
 from fractions import Fraction
 
 import pytest
@@ -198,6 +199,18 @@ def test_numeric_reward_refuses_absurdly_long_answers():
 ])
 def test_reflection_count(text, n):
     assert reflection_count(text) == n
+
+
+PLAIN_REFLECTION_RE = re.compile(  # the phrase list without rewards.py's first-letter lookahead
+    r"\b(?:wait|let\s+me\s+check|re-?check|double-check|verify|mistake|try\s+again|hmm)\b", re.IGNORECASE)
+phrase_soup = st.lists(st.sampled_from(["wait", "WAIT", "Let me check", "let  me\ncheck", "re-check", "recheck",
+                                        "double-check", "Verify", "mistake", "try again", "hmm", "a", "-", " ",
+                                        ", ", "ß", "İ", "٣", "_", "ſ", "K"]), max_size=30).map("".join)
+
+
+@given(st.one_of(st.text(max_size=200), phrase_soup))
+def test_reflection_count_is_the_plain_phrase_count(text):
+    assert reflection_count(text) == len(PLAIN_REFLECTION_RE.findall(text))
 
 # ----------------------------------------------------------------------------- the combined scorer
 
