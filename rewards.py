@@ -76,7 +76,7 @@ def _exact_div(a, b):
     return Fraction(a) / b  # raises ZeroDivisionError for b == 0
 
 
-# ints until a division does not divide: Fraction arithmetic costs ~1 µs an operation, int arithmetic ~30 ns
+# ints until a division does not divide: a Fraction operation costs over 1 µs, an int one about 10 ns
 BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: _exact_div}
 
 
@@ -168,7 +168,7 @@ def numeric_reward(text: str, answer: str | int | Fraction) -> float:
 # -----------------------------------------------------------------------------
 # Reflections: the "aha moment" metric (R1-Zero learns to stop, check and retry; we count how often it says so)
 
-REFLECTION_RE = re.compile(  # the lookahead on first letters only skips positions faster (1.3x); same matches
+REFLECTION_RE = re.compile(  # the first-letter lookahead only rejects most positions sooner: same matches
     r"\b(?=[wlrdvmth])(?:wait|let\s+me\s+check|re-?check|double-check|verify|mistake|try\s+again|hmm)\b",
     re.IGNORECASE)
 
