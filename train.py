@@ -181,11 +181,9 @@ def growth(rows, key):
 # -----------------------------------------------------------------------------
 # Plots
 
-def plot_curves(metrics_path, out_png):
-    import matplotlib
-    matplotlib.use("Agg")
+def draw_curves(rows):
+    """A figure of one run's learning curves from its metrics rows (used here and by the notebook)."""
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in open(metrics_path)]
     rl = [r for r in rows if r.get("stage") == "rl"]
     pre = [r for r in rows if r.get("stage") == "pretrain"]
     panels = [("pretrain loss", pre, "loss"), ("accuracy (train rollouts)", rl, "accuracy"),
@@ -204,6 +202,14 @@ def plot_curves(metrics_path, out_png):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics_path, out_png):
+    import matplotlib
+    matplotlib.use("Agg")  # a file, no display
+    import matplotlib.pyplot as plt
+    fig = draw_curves([json.loads(line) for line in open(metrics_path)])
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
 
