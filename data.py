@@ -11,20 +11,21 @@ Tokenizer
 Tasks
     Countdown: three numbers in 1..12 and a target in 1..100; write an expression that uses each number exactly
     once with + - * / and parentheses. Every problem is built from a "clean" solution (all intermediate values
-    integers in 0..200), so every problem is solvable. Train and test are a disjoint split of all such
-    problems, decided by a hash of (sorted numbers, target), so the split never depends on the seed.
+    integers in 0..200), so every problem is solvable. All such problems are split three ways by a hash of
+    (sorted numbers, target), so the split never depends on the seed: "pretrain" problems fill the corpus,
+    RL trains on "train" problems (never seen solved in pretraining), and "test" is held out from both.
     Arithmetic: "Compute 37 * 4 + 12." with an integer answer (the numeric reward's task).
 
 Pretraining corpus (the base model's whole world)
     Documents are prompt + response in the R1-Zero template. Countdown responses come in three styles:
-      guess    (70%)  "<think> Guess: 7 * 3 + 2. </think> <answer> 7 * 3 + 2 </answer>"
+      guess    (65%)  "<think> Guess: 7 * 3 + 2. </think> <answer> 7 * 3 + 2 </answer>"
       try      (25%)  computes one candidate step by step, then answers it whether or not it hits the target
-      reflect  ( 5%)  computes a candidate; on a miss says "Wait, 23 is not 24." and tries another, up to 10
+      reflect  (10%)  computes a candidate; on a miss says "Wait, 23 is not 24." and tries another, up to 10
                       times; on a hit says "Let me verify: 24 = 24." and answers
     Every candidate (a guess, a try, a reflect attempt) is correct with probability 0.3, else a plausible
     wrong expression (its value near the target). So the base model's answers are short and mostly wrong
     (about 30% right at best), while the rare reflect style carries the behaviour that pays: check the
-    result, notice the miss, try again. Reflection phrases ("wait", "verify", ...) appear only in that 5%.
+    result, notice the miss, try again. Reflection phrases ("wait", "verify", ...) appear only in that 10%.
     GRPO has nothing to invent; it has to discover that the rare long, reflective answers score, and
     amplify them: response length and reflection rate grow as accuracy rises (R1-Zero's "aha moment").
     Arithmetic documents (15% of all) drill the step-by-step computations the checks rely on.
@@ -163,22 +164,27 @@ def render_steps(e: Expr) -> str:
 # Tasks and splits
 
 MAX_NUMBER, MAX_TARGET = 12, 100
+# Three disjoint pools of problems, by a hash of the problem: the pretraining corpus solves "pretrain"
+# problems, RL trains on "train" problems it has never seen solved (so rollout accuracy measures skill, not
+# recall of memorised answers), and "test" is held out from both. Fractions of the hash range [0, 1).
+SPLITS = {"test": (0.0, 0.1), "train": (0.1, 0.55), "pretrain": (0.55, 1.0)}
 
 
-def _is_test(numbers, target, test_fraction):
+def _split_of(numbers, target):
     key = f"{sorted(numbers)}:{target}".encode()
-    return int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 < test_fraction
+    u = int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8
+    return next(name for name, (lo, hi) in SPLITS.items() if lo <= u < hi)
 
 
 @functools.lru_cache(maxsize=None)
-def countdown_problems(split="train", test_fraction=0.1):
+def countdown_problems(split="train"):
     """Every clean 3-number Countdown problem of the split, in a fixed order: ((n1, n2, n3), target)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     problems = []
     for numbers in itertools.combinations_with_replacement(range(1, MAX_NUMBER + 1), 3):
         targets = sorted({e.value for e in clean_expressions(numbers) if 1 <= e.value <= MAX_TARGET})
-        problems += [(numbers, t) for t in targets if _is_test(numbers, t, test_fraction) == (split == "test")]
+        problems += [(numbers, t) for t in targets if _split_of(numbers, t) == split]
     return tuple(problems)
 
 
@@ -254,7 +260,7 @@ def load_jsonl(path):
 class CorpusConfig:
     p_arithmetic: float = 0.15   # share of arithmetic drill documents
     p_try: float = 0.25          # Countdown styles: guess / try / reflect
-    p_reflect: float = 0.05
+    p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step: one seed in three never noticed they pay
     p_correct: float = 0.3       # chance that any one candidate is a solution
     max_attempts: int = 10       # the reflect style gives up after this many misses
 
@@ -303,7 +309,7 @@ def corpus_document(rng, problems=None, cfg=CorpusConfig()):
     "User: ... Assistant: <think> ..." turns, then end-of-text. The template is long (~150 tokens) and the
     same every time, so a document shows it once and packs several solved problems after it; the first turn
     is exactly what GRPO prompts look like."""
-    problems = problems or countdown_problems("train")
+    problems = problems or countdown_problems("pretrain")
     turns = []
     for _ in range(rng.randint(1, 8)):
         if rng.random() < cfg.p_arithmetic:
@@ -322,7 +328,7 @@ def corpus_document(rng, problems=None, cfg=CorpusConfig()):
 def corpus_tokens(n_tokens, seed=0, cfg=CorpusConfig()):
     """A packed stream of at least n_tokens corpus tokens (documents end with end-of-text), as a list."""
     rng, enc = random.Random(seed), get_tokenizer()
-    problems = countdown_problems("train")
+    problems = countdown_problems("pretrain")
     out = []
     while len(out) < n_tokens:
         docs = [corpus_document(rng, problems, cfg) for _ in range(1024)]
@@ -344,4 +350,4 @@ if __name__ == "__main__":
     for _ in range(args.samples):
         doc = corpus_document(rng)
         print(doc[len(TEMPLATE) - 60:], f"[{len(encode(doc))} tokens]\n")
-    print(f"train problems: {len(countdown_problems('train'))}, test problems: {len(countdown_problems('test'))}")
+    print(", ".join(f"{split} problems: {len(countdown_problems(split))}" for split in SPLITS))

@@ -38,9 +38,13 @@ def value_of(expr):
 
 
 def test_every_problem_solvable_and_splits_disjoint():
-    train, test = data.countdown_problems("train"), data.countdown_problems("test")
-    assert len(train) > 3000 and 0.05 < len(test) / (len(train) + len(test)) < 0.15
-    assert not set(train) & set(test)
+    pools = {split: set(data.countdown_problems(split)) for split in data.SPLITS}
+    train, test, pretrain = pools["train"], pools["test"], pools["pretrain"]
+    assert len(train) > 2000 and len(pretrain) > 2000 and 0.05 < len(test) / sum(map(len, pools.values())) < 0.15
+    assert not train & test and not train & pretrain and not test & pretrain
+    with pytest.raises(ValueError, match="split"):
+        data.countdown_problems("dev")
+    train, test = sorted(train), sorted(test)
     for numbers, target in random.Random(0).sample(train + test, 300):
         solutions = [e for e in data.clean_expressions(numbers) if e.value == target]
         assert solutions
@@ -68,7 +72,7 @@ def test_corpus_styles_and_rates():
     reflect = sum("Wait" in r or "verify" in r for r in
                   (data.countdown_response(random.Random(i), problem) for i in range(4000))) / 4000
     assert 0.6 < styles.count("Guess") / 4000 < 0.8
-    assert 0.02 < reflect < 0.09
+    assert 0.07 < reflect < 0.13
     always = data.CorpusConfig(p_reflect=1.0)
     for i in range(50):  # the reflect style ends on a solution unless it gives up after max_attempts
         text = data.countdown_response(random.Random(i), problem, always)
@@ -92,3 +96,14 @@ def test_load_jsonl(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match="no problems"):
         data.load_jsonl(path)
+
+
+def test_corpus_never_shows_rl_or_test_problems():
+    # RL must not be able to raise its reward by recalling answers memorised in pretraining
+    enc, seen = data.get_tokenizer(), set()
+    text = enc.decode(data.corpus_tokens(50_000, seed=0))
+    for question in text.split("Using the numbers ")[1:]:
+        numbers, rest = question.split("]", 1)
+        target = int(rest.split("equals ")[1].split(".")[0])
+        seen.add((tuple(sorted(int(n) for n in numbers.strip("[").split(","))), target))
+    assert len(seen) > 100 and seen <= set(data.countdown_problems("pretrain"))
