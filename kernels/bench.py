@@ -6,7 +6,8 @@ compiled kernel against float64 on the GPU, at every benchmark shape.
     python kernels/bench.py [--vocab 1024]
 
 Time is the median of triton.testing.do_bench, which flushes L2 before every call, so no timing is
-a cache hit. GB/s counts the logits' bytes once for the forward and three times for forward+backward
+a cache hit; at small shapes it times the host (Python, autograd, launches), so a second time, "GPU ms",
+replays the calls in a CUDA graph, also after L2 flushes (gpu_ms). GB/s counts the logits' bytes once for the forward and three times for forward+backward
 (forward read, backward read, grad write). Extra memory is the peak allocated during one call minus
 what was allocated before it: outputs included, so for forward+backward the gradient itself (a
 logits-sized tensor) is part of it.
@@ -80,8 +81,38 @@ def run_checks(shapes):
 # timing
 
 
-def measure(fn):
-    """(median ms, peak extra bytes) of fn()."""
+def gpu_ms(fn, n=10, reps=10):
+    """Median GPU time of fn() with a cold L2 and no host overhead: n calls, each after an L2 flush, are
+    captured in one CUDA graph, and a graph of the n flushes alone is timed and subtracted. At small shapes
+    a call costs more host time (Python, autograd, launches) than GPU time, and do_bench times the host;
+    in a training step the host runs ahead of the GPU, so this is the cost that remains."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")  # > the H100's 50 MB L2
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up on a side stream, as CUDA graph capture wants
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    times = []
+    for body in (lambda: (flush.zero_(), fn()), flush.zero_):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(n):
+                body()
+        samples = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        times.append(sorted(samples)[reps // 2])
+        del graph
+    return (times[0] - times[1]) / n
+
+
+def measure(fn, graphable=True):
+    """(median ms of do_bench, median GPU ms in a CUDA graph or nan, peak extra bytes) of fn()."""
     fn()  # compile / autotune outside the measurement
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -90,7 +121,16 @@ def measure(fn):
     fn()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before
-    return do_bench(fn, return_mode="median"), extra
+    ms = do_bench(fn, return_mode="median")
+    graph_ms = float("nan")
+    if graphable:
+        try:
+            graph_ms = gpu_ms(fn)
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # a capture that fails costs its column only
+            print(f"  CUDA-graph timing failed: {str(err).splitlines()[0]}")
+            torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return ms, graph_ms, extra
 
 
 def methods(V):
@@ -130,11 +170,13 @@ def bench_shape(B, L, V, table):
             return torch.autograd.grad(fwd_bwd(x, targets), x, g)  # the gradient, not accumulated into .grad
 
         for mode, fn, passes in (("fwd", forward, 1), ("fwd+bwd", forward_backward, 3)):
-            ms, extra = measure(fn)
+            # Liger's cross entropy reads a count back to the host (.item()): it can't be graph-captured
+            ms, graph_ms, extra = measure(fn, graphable=not (name == "liger" and mode == "fwd+bwd"))
             if name == "torch.compile":
-                compile_ms[mode] = ms
-            table.append((f"{B}x{L}x{V}", name, mode, ms, passes * size / ms / 1e6, extra / 2**20, extra / size,
-                          compile_ms.get(mode, float("nan")) / ms))
+                compile_ms[mode] = ms, graph_ms
+            vs_compile = [c / t for c, t in zip(compile_ms.get(mode, (float("nan"),) * 2), (ms, graph_ms))]
+            table.append((f"{B}x{L}x{V}", name, mode, ms, passes * size / ms / 1e6, graph_ms,
+                          passes * size / graph_ms / 1e6, extra / 2**20, extra / size, *vs_compile))
         del x
         torch.cuda.empty_cache()
 
@@ -152,8 +194,10 @@ def main():
 
     x = torch.empty(2**30, device="cuda", dtype=torch.bfloat16)  # 2 GiB
     copy_ms = do_bench(x.clone, return_mode="median")
-    copy_gbs = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+    copy_gpu_ms = gpu_ms(x.clone)
+    copy_gbs, copy_gpu_gbs = (2 * x.numel() * x.element_size() / t / 1e6 for t in (copy_ms, copy_gpu_ms))
     del x
+    torch.cuda.empty_cache()
 
     table = []
     for B, L, V in shapes:
@@ -161,13 +205,21 @@ def main():
     if fused_selective_log_softmax is None:
         print("liger: not importable (pip install liger-kernel), its rows are left out")
 
-    print(f"\n{'B x L x V (bf16)':>18} | {'method':>14} | {'pass':>7} | {'ms':>8} | {'GB/s':>6} | "
-          f"{'extra MiB':>9} | {'extra/logits':>12} | {'compile/this':>12}")
-    print(f"{'copy ceiling':>18} | {'x.clone() 2GiB':>14} | {'r+w':>7} | {copy_ms:8.3f} | {copy_gbs:6.0f} | "
-          f"{'':>9} | {'':>12} | {'':>12}")
-    for shape, name, mode, ms, gbs, extra_mib, extra_ratio, vs_compile in table:
-        print(f"{shape:>18} | {name:>14} | {mode:>7} | {ms:8.3f} | {gbs:6.0f} | {extra_mib:9.1f} | "
-              f"{extra_ratio:12.2f} | {vs_compile:12.2f}")
+    print_table((copy_ms, copy_gbs, copy_gpu_ms, copy_gpu_gbs), table)
+
+
+def print_table(copy, table):
+    columns = [("B x L x V (bf16)", 18), ("method", 14), ("pass", 7), ("ms", 7), ("GB/s", 6), ("GPU ms", 7),
+               ("GPU GB/s", 8), ("extra MiB", 9), ("extra/logits", 12), ("compile/this", 12), ("GPU: compile/this", 17)]
+    print("\nms: do_bench median, host time included. GPU ms: CUDA-graph replay with a cold L2 (gpu_ms)")
+    print(" | ".join(f"{title:>{width}}" for title, width in columns))
+    ms, gbs, gpu, gpu_gbs = copy
+    copy_row = ["copy ceiling", "x.clone() 2GiB", "r+w", f"{ms:.3f}", f"{gbs:.0f}", f"{gpu:.3f}", f"{gpu_gbs:.0f}"]
+    rows = [copy_row] + [[shape, name, mode, f"{ms:.3f}", f"{gbs:.0f}", f"{gpu:.3f}", f"{gpu_gbs:.0f}",
+                          f"{mib:.1f}", f"{ratio:.2f}", f"{vs:.2f}", f"{gpu_vs:.2f}"]
+                         for shape, name, mode, ms, gbs, gpu, gpu_gbs, mib, ratio, vs, gpu_vs in table]
+    for row in rows:
+        print(" | ".join(f"{cell:>{width}}" for cell, (_, width) in zip(row, columns)))
 
 
 if __name__ == "__main__":

@@ -84,11 +84,11 @@ def _use_triton(t):
 
 
 def _config(V):
-    """(BLOCK_V, num_warps): one program walks its row in BLOCK_V-wide chunks. Measured on an H100
-    (kernels/README.md): 8192 with 8 warps streams large rows at ~96% of copy bandwidth; short rows get
-    proportionally fewer warps, so every thread still loads a few 16-byte vectors per chunk."""
+    """(BLOCK_V, num_warps): one program walks its row in BLOCK_V-wide chunks. Measured on an H100 inside CUDA
+    graphs (kernels/README.md): 8192-wide chunks stream large rows at the copy bandwidth; a short row runs
+    fastest with one warp per 1024 columns (more warps only wait on each other at the reductions)."""
     block_v = min(triton.next_power_of_2(V), 8192)
-    return block_v, min(8, max(1, block_v // 512))
+    return block_v, min(8, max(1, block_v // 1024))
 
 
 def _as_3d(logits):
@@ -106,23 +106,28 @@ def _launch(kernel, x, *buffers, inv_temp, **constexprs):
                              V=V, BLOCK_V=block_v, **constexprs, num_warps=num_warps)
 
 
+def _forward(logits, targets, temperature, return_entropy):
+    """Launch the forward kernel. Returns what the backward needs (logits as 3d, flat targets, logsumexp)
+    and the outputs, logp and entropy (None unless asked for), shaped logits.shape[:-1]."""
+    x = _as_3d(logits)
+    targets = targets.contiguous().view(-1)  # tiny; copies if it is a strided slice like tokens[:, 1:]
+    logp = torch.empty(targets.numel(), dtype=torch.float32, device=logits.device)
+    lse = torch.empty_like(logp)  # saved for the backward: 4 bytes a token
+    entropy = torch.empty_like(logp) if return_entropy else None
+    _launch(_fwd_kernel, x, targets, logp, lse, entropy, inv_temp=1.0 / temperature, ENTROPY=return_entropy)
+    shape = logits.shape[:-1]
+    return x, targets, lse, logp.view(shape), entropy.view(shape) if return_entropy else None
+
+
 class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, temperature, return_entropy):
-        x = _as_3d(logits)
-        targets = targets.contiguous().view(-1)  # tiny; copies if it is a strided slice like tokens[:, 1:]
-        n_rows = targets.numel()
-        logp = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        lse = torch.empty_like(logp)  # saved for the backward: 4 bytes a token
-        entropy = torch.empty_like(logp) if return_entropy else None
-        _launch(_fwd_kernel, x, targets, logp, lse, entropy, inv_temp=1.0 / temperature, ENTROPY=return_entropy)
+        x, targets, lse, logp, entropy = _forward(logits, targets, temperature, return_entropy)
         ctx.save_for_backward(x, targets, lse)
         ctx.temperature, ctx.shape = temperature, logits.shape
-        logp = logp.view(logits.shape[:-1])
         if not return_entropy:
             return logp
-        entropy = entropy.view(logits.shape[:-1])
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
@@ -146,7 +151,12 @@ def token_logprobs(logits, targets, temperature=1.0, return_entropy=False):
     assert temperature > 0 and targets.shape == logits.shape[:-1]
     if not _use_triton(logits):
         return token_logprobs_reference(logits, targets, temperature, return_entropy)
-    return _TokenLogprobs.apply(logits, targets, float(temperature), return_entropy)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _TokenLogprobs.apply(logits, targets, float(temperature), return_entropy)
+    # no gradient wanted (rollout scoring, the reference model): skip autograd's bookkeeping, which at
+    # small vocabularies costs more host time than the kernel takes on the GPU
+    *_, logp, entropy = _forward(logits, targets, float(temperature), return_entropy)
+    return (logp, entropy) if return_entropy else logp
 
 
 def token_logprobs_reference(logits, targets, temperature=1.0, return_entropy=False):

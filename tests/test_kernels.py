@@ -160,6 +160,27 @@ def test_logp_only_and_expanded_grad(triton_only):
     torch.testing.assert_close(logits.grad, ref.grad)
 
 
+def test_without_grad(triton_only, monkeypatch):
+    # no gradient wanted: the kernel runs without autograd (no saved tensors, nothing to backward through)
+    def no_autograd(*args):
+        raise AssertionError("took the autograd path although no gradient was wanted")
+    logits = randn(2, 7, 300, dtype=torch.bfloat16, seed=11, scale=3.0)
+    targets = randint(300, (2, 7), seed=11)
+    with_grad = token_logprobs(logits.clone().requires_grad_(), targets, 0.8, return_entropy=True)
+    monkeypatch.setattr(logprobs._TokenLogprobs, "apply", no_autograd)
+    ref_logp, ref_entropy, _ = reference64(logits, targets, 0.8, torch.zeros(2, 7))
+    for grad_wanted in (False, True):  # logits that don't require grad; or no_grad mode
+        x = logits.clone().requires_grad_(grad_wanted)
+        with torch.set_grad_enabled(not grad_wanted):
+            logp, entropy = token_logprobs(x, targets, 0.8, return_entropy=True)
+            logp_only = token_logprobs(x, targets, 0.8)
+        assert not logp.requires_grad and logp.shape == entropy.shape == (2, 7)
+        assert torch.equal(logp, with_grad[0].detach()) and torch.equal(entropy, with_grad[1])
+        assert torch.equal(logp_only, logp)
+        torch.testing.assert_close(logp.double(), ref_logp, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(entropy.double(), ref_entropy, rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_fallback(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     logits, targets = randn(2, 3, 50, seed=9), randint(50, (2, 3), seed=9)
