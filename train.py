@@ -362,7 +362,7 @@ def main(cfg: TrainConfig):
     rng = random.Random(cfg.seed)
     if start:
         rng.setstate(ckpt["rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # the checkpoint was loaded onto the device
     bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps)
     for step in bar:
         batch = rng.sample(train_rows, cfg.rl_prompts_per_step)
