@@ -83,11 +83,12 @@ def _use_triton(t):
     return t.is_cuda or (os.environ.get("TRITON_INTERPRET") == "1" and interpreted)
 
 
-def _config(V):
+def _config(V, max_block):
     """(BLOCK_V, num_warps): one program walks its row in BLOCK_V-wide chunks. Measured on an H100 inside CUDA
-    graphs (kernels/README.md): 8192-wide chunks stream large rows at the copy bandwidth; a short row runs
-    fastest with one warp per 1024 columns (more warps only wait on each other at the reductions)."""
-    block_v = min(triton.next_power_of_2(V), 8192)
+    graphs (kernels/README.md): long rows stream at the copy bandwidth with 16384-wide chunks in the forward
+    (which only reads) and 8192-wide in the backward (which also writes); a short row runs fastest with one
+    warp per 1024 columns (more warps only wait on each other at the reductions)."""
+    block_v = min(triton.next_power_of_2(V), max_block)
     return block_v, min(8, max(1, block_v // 1024))
 
 
@@ -98,9 +99,9 @@ def _as_3d(logits):
     return logits.reshape(-1, *logits.shape[-2:])
 
 
-def _launch(kernel, x, *buffers, inv_temp, **constexprs):
+def _launch(kernel, x, *buffers, inv_temp, max_block, **constexprs):
     outer, inner, V = x.shape
-    block_v, num_warps = _config(V)
+    block_v, num_warps = _config(V, max_block)
     # V is a compile-time constant: one compile per vocabulary size, and exact loop bounds
     kernel[(outer * inner,)](x, *buffers, inner, x.stride(0), x.stride(1), x.stride(2), inv_temp,
                              V=V, BLOCK_V=block_v, **constexprs, num_warps=num_warps)
@@ -114,7 +115,8 @@ def _forward(logits, targets, temperature, return_entropy):
     logp = torch.empty(targets.numel(), dtype=torch.float32, device=logits.device)
     lse = torch.empty_like(logp)  # saved for the backward: 4 bytes a token
     entropy = torch.empty_like(logp) if return_entropy else None
-    _launch(_fwd_kernel, x, targets, logp, lse, entropy, inv_temp=1.0 / temperature, ENTROPY=return_entropy)
+    _launch(_fwd_kernel, x, targets, logp, lse, entropy, inv_temp=1.0 / temperature, max_block=16384,
+            ENTROPY=return_entropy)
     shape = logits.shape[:-1]
     return x, targets, lse, logp.view(shape), entropy.view(shape) if return_entropy else None
 
@@ -137,7 +139,7 @@ class _TokenLogprobs(torch.autograd.Function):
         x, targets, lse = ctx.saved_tensors
         grad_logp = grad_logp.float().contiguous().view(-1)  # may arrive expanded (stride 0)
         grad = torch.empty(ctx.shape, dtype=x.dtype, device=x.device)
-        _launch(_bwd_kernel, x, targets, lse, grad_logp, grad, inv_temp=1.0 / ctx.temperature)
+        _launch(_bwd_kernel, x, targets, lse, grad_logp, grad, inv_temp=1.0 / ctx.temperature, max_block=8192)
         return grad, None, None, None
 
 

@@ -142,7 +142,7 @@ def test_masked_logits(triton_only):
 @pytest.mark.parametrize("block_v", [16, 64])
 def test_many_chunks(triton_only, monkeypatch, block_v):
     # small chunks: many of them per row, so the online max and its rescaling get exercised
-    monkeypatch.setattr(logprobs, "_config", lambda V: (block_v, 1))
+    monkeypatch.setattr(logprobs, "_config", lambda V, max_block: (block_v, 1))
     logits = randn(3, 5, 203, seed=10, scale=5.0)
     logits[0, :, :100] = float("-inf")  # several all -inf chunks before the first finite one
     logits[..., 150:170] = float("-inf")
