@@ -70,11 +70,12 @@ def save_checkpoint(path, model, **extra):
 
 
 def load_checkpoint(path, device="cpu"):
-    """Returns the saved dict with "model" replaced by a ready Transformer."""
+    """Returns the saved dict with "model" replaced by a ready Transformer on `device`. Everything else stays
+    on the CPU: the RNG state must, and optimizer state follows its parameters when loaded."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         model = Transformer(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except Exception as err:
@@ -362,7 +363,7 @@ def main(cfg: TrainConfig):
     rng = random.Random(cfg.seed)
     if start:
         rng.setstate(ckpt["rng"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())  # the checkpoint was loaded onto the device
+        torch.set_rng_state(ckpt["torch_rng"])
     bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps)
     for step in bar:
         batch = rng.sample(train_rows, cfg.rl_prompts_per_step)

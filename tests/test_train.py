@@ -67,6 +67,10 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     evals = json.load(open(os.path.join(out, "eval.json")))
     assert {"base", "rl"} <= set(evals) and 0 <= evals["rl"]["pass@1"] <= 1
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
+    # resuming onto another device (a GPU; "meta" stands in for it here) moves the model, not the RNG state
+    ckpt = train.load_checkpoint(os.path.join(out, "rl.pt"), device="meta")
+    assert next(ckpt["model"].parameters()).device.type == "meta"
+    torch.set_rng_state(ckpt["torch_rng"])  # raised for a state loaded onto a GPU
     # the checkpoint serves sample.py
     sample = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(out, "rl.pt"), "--numbers", "3",
                              "7", "11", "--target", "54", "--max-new-tokens", "8", "--device", "cpu"],
