@@ -264,6 +264,15 @@ class CorpusConfig:
     p_correct: float = 0.3       # chance that any one candidate is a solution
     max_attempts: int = 10       # the reflect style gives up after this many misses
 
+    def validate(self):
+        for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--corpus-{name.replace('_', '-')} must be a probability in [0, 1]")
+        if self.p_try + self.p_reflect > 1:
+            raise ValueError("--corpus-p-try + --corpus-p-reflect must be <= 1 (the rest are guesses)")
+        if self.max_attempts < 1:
+            raise ValueError("--corpus-max-attempts must be >= 1")
+
 
 def _candidate(rng, problem, correct):
     numbers, target = problem

@@ -58,6 +58,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 20          # RL steps between checkpoints
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
 
 
 # -----------------------------------------------------------------------------
@@ -97,7 +98,8 @@ def lr_at(step, total, peak, warmup):
 def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
     """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every 10 log intervals."""
     n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len)
-    stream = torch.tensor(data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed), dtype=torch.long)
+    stream = torch.tensor(data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed, cfg=cfg.corpus),
+                          dtype=torch.long)
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
     if opt_state:
@@ -221,23 +223,30 @@ def plot_curves(metrics_path, out_png):
 def parse_args(argv=None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def add(name, default, prefix=""):
-        flag = "--" + (prefix + name).replace("_", "-")
+    def add(name, default):
+        flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=prefix + name, action="store_true", default=default)
+            parser.add_argument(flag, dest=name, action="store_true", default=default)
         else:
-            parser.add_argument(flag, dest=prefix + name, type=type(default), default=default,
-                                help=f"default: {default}")
+            parser.add_argument(flag, dest=name, type=type(default), default=default, help=f"default: {default}")
+
+    # the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
+    nested = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_")}
+
+    def flag_name(prefix, name):
+        return name if name.startswith(prefix) else prefix + name
 
     for f in fields(TrainConfig):
-        if f.name != "grpo":
+        if f.name not in nested:
             add(f.name, getattr(TrainConfig, f.name))
-    for f in fields(GRPOConfig):
-        add(f.name, getattr(GRPOConfig, f.name), prefix="rl_" if not f.name.startswith("rl_") else "")
+    for config_class, prefix in nested.values():
+        for f in fields(config_class):
+            add(flag_name(prefix, f.name), getattr(config_class, f.name))
     args = vars(parser.parse_args(argv))
-    grpo_args = {f.name: args.pop(("rl_" if not f.name.startswith("rl_") else "") + f.name) for f in fields(GRPOConfig)}
+    sub_configs = {key: config_class(**{f.name: args.pop(flag_name(prefix, f.name)) for f in fields(config_class)})
+                   for key, (config_class, prefix) in nested.items()}
     try:
-        cfg = TrainConfig(**args, grpo=GRPOConfig(**grpo_args))
+        cfg = TrainConfig(**args, **sub_configs)
         validate(cfg)
     except ValueError as err:
         parser.error(str(err))
@@ -261,6 +270,7 @@ def validate(cfg: TrainConfig):
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device}")
     cfg.grpo.validate()
+    cfg.corpus.validate()
 
 
 def git_commit():

@@ -8,13 +8,14 @@ import time
 import pytest
 import torch
 
+import data
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "30", "--pretrain-batch-size", "8",
         "--pretrain-seq-len", "128", "--pretrain-unique-tokens", "50000", "--pretrain-warmup", "5",
         "--log-every", "5", "--rl-prompts-per-step", "4", "--rl-group-size", "4", "--rl-max-new-tokens", "24",
-        "--eval-problems", "3", "--eval-samples", "4", "--checkpoint-every", "2"]
+        "--eval-problems", "3", "--eval-samples", "4", "--checkpoint-every", "2", "--corpus-p-reflect", "0.2"]
 
 
 def run_train(args, **kw):
@@ -24,11 +25,14 @@ def run_train(args, **kw):
 
 def test_bad_cli_values_fail_clearly():
     for bad in (["--preset", "huge"], ["--rl-group-size", "1"], ["--pretrain-lr", "-1"],
-                ["--rl-loss-agg-mode", "mean"], ["--rl-temperature", "0"], ["--pretrain-steps", "abc"]):
+                ["--rl-loss-agg-mode", "mean"], ["--rl-temperature", "0"], ["--pretrain-steps", "abc"],
+                ["--corpus-p-reflect", "1.5"], ["--corpus-p-try", "0.6", "--corpus-p-reflect", "0.5"],
+                ["--corpus-max-attempts", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
-    cfg = train.parse_args(["--rl-lr", "1e-4", "--rl-kl-beta", "0"])
+    cfg = train.parse_args(["--rl-lr", "1e-4", "--rl-kl-beta", "0", "--corpus-p-correct", "0.25"])
     assert cfg.grpo.lr == 1e-4 and cfg.grpo.kl_beta == 0 and cfg.preset == "small"
+    assert cfg.corpus.p_correct == 0.25 and cfg.corpus.p_reflect == data.CorpusConfig().p_reflect
 
 
 def test_missing_or_corrupt_checkpoint(tmp_path):
@@ -59,6 +63,7 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     assert f"resumed RL at step {step}" in log
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert rows[0]["stage"] == "config" and rows[0]["commit"] and "train.py" in rows[0]["command"]
+    assert rows[0]["config"]["corpus"]["p_reflect"] == 0.2
     rl_steps = [r["step"] for r in rows if r["stage"] == "rl"]
     assert rl_steps == list(range(step + 3))  # every step exactly once, in order
     for key in ("reward", "accuracy", "response_len_mean", "reflection_rate", "entropy", "kl", "clip_frac",
