@@ -260,7 +260,7 @@ def load_jsonl(path):
 class CorpusConfig:
     p_arithmetic: float = 0.15   # share of arithmetic drill documents
     p_try: float = 0.25          # Countdown styles: guess / try / reflect
-    p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step: one seed in three never noticed they pay
+    p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step; one seed in 3 never amplified them
     p_correct: float = 0.3       # chance that any one candidate is a solution
     max_attempts: int = 10       # the reflect style gives up after this many misses
 

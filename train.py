@@ -232,18 +232,14 @@ def parse_args(argv=None) -> TrainConfig:
 
     # the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
     nested = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_")}
-
-    def flag_name(prefix, name):
-        return name if name.startswith(prefix) else prefix + name
-
     for f in fields(TrainConfig):
         if f.name not in nested:
             add(f.name, getattr(TrainConfig, f.name))
     for config_class, prefix in nested.values():
         for f in fields(config_class):
-            add(flag_name(prefix, f.name), getattr(config_class, f.name))
+            add(prefix + f.name, getattr(config_class, f.name))
     args = vars(parser.parse_args(argv))
-    sub_configs = {key: config_class(**{f.name: args.pop(flag_name(prefix, f.name)) for f in fields(config_class)})
+    sub_configs = {key: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)})
                    for key, (config_class, prefix) in nested.items()}
     try:
         cfg = TrainConfig(**args, **sub_configs)

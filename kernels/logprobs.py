@@ -3,8 +3,9 @@ Per-token log-probabilities of the sampled tokens, without materializing the log
 
 GRPO needs log p(target) = z[target] - logsumexp(z), z = logits / temperature, at every completion
 token. The plain way, log_softmax(logits.float()).gather(...), writes two float32 copies of the
-logits (the cast and the log-softmax): 4x the size of bf16 logits, read and written in full. Here one Triton program reads its row of logits once, keeping a running
-max and a running sum of exp (the "online softmax"), and writes 4 bytes per token. The backward
+logits (the cast and the log-softmax): 4x the size of bf16 logits, read and written in full. Here
+one Triton program reads its row of logits once, keeping a running max and a running sum of exp
+(the "online softmax"), and writes 4 bytes per token. The backward
 reads the row once more and writes the gradient g * (onehot - softmax) / temperature straight into a
 fresh buffer: logits' size and dtype, which autograd hands on as logits.grad.
 
