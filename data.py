@@ -261,7 +261,7 @@ class CorpusConfig:
     p_arithmetic: float = 0.15   # share of arithmetic drill documents
     p_try: float = 0.25          # Countdown styles: guess / try / reflect
     p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step; one seed in 3 never amplified them
-    p_correct: float = 0.3       # chance that any one candidate is a solution
+    p_correct: float = 0.25      # chance that any one candidate is a solution (0.3 put the base at ~25%)
     max_attempts: int = 10       # the reflect style gives up after this many misses
 
     def validate(self):

@@ -48,7 +48,7 @@ class TrainConfig:
     pretrain_warmup: int = 100
     pretrain_unique_tokens: int = 20_000_000  # the corpus stream is generated once and cycled
     # R1-Zero RL
-    rl_steps: int = 160
+    rl_steps: int = 120
     rl_prompts_per_step: int = 64      # x group_size = 512 rollouts, one decode batch
     # evaluation on the held-out split
     eval_problems: int = 200

@@ -30,9 +30,9 @@ def test_bad_cli_values_fail_clearly():
                 ["--corpus-max-attempts", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
-    cfg = train.parse_args(["--rl-lr", "1e-4", "--rl-kl-beta", "0", "--corpus-p-correct", "0.25"])
+    cfg = train.parse_args(["--rl-lr", "1e-4", "--rl-kl-beta", "0", "--corpus-p-correct", "0.2"])
     assert cfg.grpo.lr == 1e-4 and cfg.grpo.kl_beta == 0 and cfg.preset == "small"
-    assert cfg.corpus.p_correct == 0.25 and cfg.corpus.p_reflect == data.CorpusConfig().p_reflect
+    assert cfg.corpus.p_correct == 0.2 and cfg.corpus.p_reflect == data.CorpusConfig().p_reflect
 
 
 def test_missing_or_corrupt_checkpoint(tmp_path):
