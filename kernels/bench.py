@@ -8,9 +8,9 @@ compiled kernel against float64 on the GPU, at every benchmark shape.
 Time is the median of triton.testing.do_bench, which flushes L2 before every call, so no timing is
 a cache hit; at small shapes it times the host (Python, autograd, launches), so a second time, "GPU
 ms", replays the calls in a CUDA graph, also after L2 flushes (gpu_ms). GB/s counts the logits' bytes
-once for the forward and three times for forward+backward (forward read, backward read, grad write). Extra memory is the peak allocated during one call minus
-what was allocated before it: outputs included, so for forward+backward the gradient itself (a
-logits-sized tensor) is part of it.
+once for the forward and three times for forward+backward (forward read, backward read, grad write).
+Extra memory is the peak allocated during one call minus what was allocated before it: outputs
+included, so for forward+backward the gradient itself (a logits-sized tensor) is part of it.
 """
 
 import argparse
