@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -322,7 +323,7 @@ def main(cfg: TrainConfig):
     t_start = time.time()
     run_info = {"stage": "config", "config": asdict(cfg), "device": torch.cuda.get_device_name(device)
                 if device.type == "cuda" else "cpu", "torch": torch.__version__, "commit": git_commit(),
-                "command": " ".join(["python", "train.py", *sys.argv[1:]])}
+                "command": shlex.join(["python", "train.py", *sys.argv[1:]])}
 
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
     if cfg.resume and os.path.exists(paths["base.pt"]):
