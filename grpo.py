@@ -184,7 +184,7 @@ class GRPOConfig:
     group_size: int = 8               # G completions per prompt
     max_new_tokens: int = 512
     temperature: float = 1.0          # sampling temperature of the rollouts (and of the log-probs)
-    lr: float = 4e-5                  # at 1e-4 the length and reflection rise was over in ~15 steps
+    lr: float = 3e-5                  # slow enough that the length/reflection rise spans ~20-40 steps (1e-4: ~15)
     epochs: int = 1                   # μ: passes over each batch of rollouts
     minibatches: int = 4              # optimizer steps per pass; later ones are off-policy, hence the clip
     clip_eps_low: float = 0.2
