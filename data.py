@@ -22,9 +22,9 @@ Pretraining corpus (the base model's whole world)
       try      (25%)  computes one candidate step by step, then answers it whether or not it hits the target
       reflect  (10%)  computes a candidate; on a miss says "Wait, 23 is not 24." and tries another, up to 10
                       times; on a hit says "Let me verify: 24 = 24." and answers
-    Every candidate (a guess, a try, a reflect attempt) is correct with probability p_correct (25%), else a
+    Every candidate (a guess, a try, a reflect attempt) is correct with probability p_correct (15%), else a
     plausible wrong expression (its value near the target). So the base model's answers are short and mostly
-    wrong (about a quarter right), while the rare reflect style carries the behaviour that pays: check the
+    wrong (about one in five right), while the rare reflect style carries the behaviour that pays: check the
     result, notice the miss, try again. Reflection phrases ("wait", "verify", ...) appear only in that 10%.
     GRPO has nothing to invent; it has to discover that the rare long, reflective answers score, and
     amplify them: response length and reflection rate grow as accuracy rises (R1-Zero's "aha moment").
@@ -261,7 +261,7 @@ class CorpusConfig:
     p_arithmetic: float = 0.15   # share of arithmetic drill documents
     p_try: float = 0.25          # Countdown styles: guess / try / reflect
     p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step; one seed in 3 never amplified them
-    p_correct: float = 0.25      # chance that any one candidate is a solution (bases at 0.2-0.3: ~21-26%)
+    p_correct: float = 0.15      # chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)
     max_attempts: int = 10       # the reflect style gives up after this many misses
 
     def validate(self):
