@@ -6,7 +6,10 @@ No hub, no downloads: everything here is generated from a seed.
 Tokenizer
     A byte-level BPE `tiktoken.Encoding` trained by this file on its own corpus (`python data.py --tokenizer`
     rewrites `tokenizer.bpe`). All 256 bytes are tokens, so any text round-trips; digits are split one per
-    token (easier arithmetic); the template tags and end-of-text are special tokens.
+    token (easier arithmetic); the template tags and end-of-text are special tokens. The committed file was
+    trained on the corpus's first version and is kept fixed so that runs stay comparable; a rebuild learns
+    somewhat different merges from today's corpus (same vocabulary size, other ids), which models trained
+    with the committed file would misread.
 
 Tasks
     Countdown: three numbers in 1..12 and a target in 1..100; write an expression that uses each number exactly
