@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from checkpoint import load_checkpoint
 from data import EOT, PAD, countdown_question, encode, get_tokenizer, make_prompt
 from model import KVCache
 
@@ -148,7 +149,6 @@ def main():
     if args.num_samples < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         parser.error("need --num-samples >= 1, --temperature >= 0 and 0 < --top-p <= 1")
 
-    from train import load_checkpoint
     model = load_checkpoint(args.ckpt, device=args.device)["model"]
     question = args.question or countdown_question(args.numbers, args.target)
     prompt = make_prompt(question)

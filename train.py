@@ -16,7 +16,6 @@ import math
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -29,8 +28,9 @@ from tqdm import tqdm
 
 import data
 import rewards
+from checkpoint import git_commit, load_checkpoint, save_checkpoint
 from grpo import GRPOConfig, GRPOTrainer
-from model import ModelConfig, Transformer, make_config
+from model import Transformer, make_config
 from sample import generate
 
 
@@ -60,30 +60,6 @@ class TrainConfig:
     checkpoint_every: int = 20          # RL steps between checkpoints
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints: atomic writes, clear errors on missing or corrupt files
-
-def save_checkpoint(path, model, **extra):
-    tmp = path + ".tmp"
-    torch.save({"model_config": asdict(model.cfg), "model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the old checkpoint intact
-
-
-def load_checkpoint(path, device="cpu"):
-    """Returns the saved dict with "model" replaced by a ready Transformer on `device`. Everything else stays
-    on the CPU: the RNG state must, and optimizer state follows its parameters when loaded."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        model = Transformer(ModelConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-    except Exception as err:
-        raise RuntimeError(f"checkpoint {path} is corrupt or incompatible: {err}") from None
-    ckpt["model"] = model.to(device)
-    return ckpt
 
 
 # -----------------------------------------------------------------------------
@@ -268,24 +244,6 @@ def validate(cfg: TrainConfig):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device}")
     cfg.grpo.validate()
     cfg.corpus.validate()
-
-
-def git_commit():
-    """The commit a run came from, for its provenance. NANOR1_COMMIT wins: a copied tree (a remote machine)
-    may carry a stale .git. "+dirty" marks uncommitted changes to tracked files."""
-    if os.environ.get("NANOR1_COMMIT"):
-        return os.environ["NANOR1_COMMIT"]
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except OSError:
-        commit = dirty = ""
-    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
 def drop_rows_from(files, stage, step):

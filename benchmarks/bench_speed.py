@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 from model import Transformer, make_config  # noqa: E402
 from sample import generate  # noqa: E402
-from train import git_commit  # noqa: E402
+from checkpoint import git_commit  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak, SXM parts
 

@@ -23,7 +23,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kernels import token_logprobs, token_logprobs_reference  # noqa: E402
-from train import git_commit  # noqa: E402
+from checkpoint import git_commit  # noqa: E402
 
 try:
     from liger_kernel.ops.grpo_loss import fused_selective_log_softmax
