@@ -59,7 +59,7 @@ import torch
 from data import encode, get_tokenizer, make_prompt
 from kernels import token_logprobs
 from rewards import score
-from sample import generate, pad_token_id
+from sample import Decoder, pad_token_id
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -242,6 +242,7 @@ class GRPOTrainer:
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.pad_id = pad_token_id()
+        self.decoder = Decoder(model)  # keeps its CUDA graphs and KV cache from one step to the next
 
     def state_dict(self):
         return {"opt": self.opt.state_dict(), "ref": self.ref.state_dict() if self.ref is not None else None}
@@ -268,8 +269,8 @@ class GRPOTrainer:
         prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(G)]
         completions = []
         for i in range(0, len(prompts), cfg.rollout_batch_size):
-            completions += generate(model, prompts[i:i + cfg.rollout_batch_size], cfg.max_new_tokens,
-                                    cfg.temperature)
+            completions += self.decoder.generate(prompts[i:i + cfg.rollout_batch_size], cfg.max_new_tokens,
+                                                 cfg.temperature)
         texts = ["<think>" + enc.decode(c) for c in completions]
         t_rollout = time.time() - t0
 

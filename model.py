@@ -76,8 +76,10 @@ class KVCache:
     Slot j of every row is written at the same decoding step; `valid[b, j]` says whether it holds a real token
     of row b (left padding and rows that already finished hold none), and `n_real[b]` counts row b's real
     tokens so far, which is the RoPE position of its next token. Every index lives on the device and attention
-    always spans all slots (unfilled ones are masked), so a decoding step has static shapes and no host sync:
-    it can be captured once as a CUDA graph and replayed (sample.py)."""
+    spans all slots of the buffers it is given (unfilled ones are masked), so a decoding step has static shapes
+    and no host sync: it can be captured once as a CUDA graph and replayed (sample.py). `view` gives a cache
+    over the first rows and slots of the same memory, so a decoder can attend only over the slots filled so far
+    and, after `keep_rows` has moved the unfinished rows to the front, run only those."""
 
     def __init__(self, cfg: ModelConfig, batch_size, max_len, device, dtype):
         head_dim = cfg.dim // cfg.n_heads
@@ -87,7 +89,21 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # slots filled so far
-        self.max_len = max_len
+
+    def view(self, rows, slots):
+        """The same cache restricted to its first `rows` rows and `slots` slots (no copy)."""
+        part = object.__new__(KVCache)
+        part.k, part.v = self.k[:, :rows, :, :slots], self.v[:, :rows, :, :slots]
+        part.valid, part.n_real, part.pos = self.valid[:rows, :slots], self.n_real[:rows], self.pos
+        return part
+
+    def keep_rows(self, order, slots):
+        """Move rows `order` (a LongTensor) to the front, in that order; only the first `slots` slots matter."""
+        n = len(order)
+        for buf in (self.k, self.v):
+            buf[:, :n, :, :slots] = buf[:, order, :, :slots]
+        self.valid[:n, :slots] = self.valid[order, :slots]
+        self.n_real[:n] = self.n_real[order]
 
 
 class Attention(nn.Module):

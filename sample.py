@@ -8,6 +8,7 @@ row its own RoPE positions (see model.py), so a row decodes exactly as it would 
 """
 
 import argparse
+import copy
 import time
 
 import torch
@@ -28,107 +29,189 @@ def pad_token_id():
 
 def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
     """logits [B, V] -> token ids [B]. temperature 0 is greedy; top_p < 1 keeps the smallest set of tokens
-    whose probability reaches top_p (nucleus sampling)."""
+    whose probability reaches top_p (nucleus sampling). The draw is an exponential race, argmax p_i / E_i with
+    E_i ~ Exp(1), which picks token i with probability p_i (the smallest of independent exponential clocks of
+    rates p_i) and, unlike torch.multinomial, has static shapes and no host sync: it runs inside a CUDA graph."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass before this token already reaches top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    clocks = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / clocks).argmax(-1)
 
 
-def decode_step_fn(model, cache, batch_size, use_graph):
-    """Returns step(tokens [B], real [B]) -> next-token logits [B, V], appending one slot to the cache.
-
-    On a GPU one decoding step is hundreds of small kernels, and launching them costs more than running them.
-    The step has static shapes and no host sync (model.KVCache), so it is captured once as a CUDA graph and each
-    later step is a single replay over fixed input buffers."""
-    def step(tokens, real):
-        return model(tokens[:, None], pad_mask=real[:, None], cache=cache)[:, -1]
-
-    if not use_graph:
-        return step
-    device = cache.k.device
-    tokens_in = torch.zeros(batch_size, dtype=torch.long, device=device)
-    real_in = torch.ones(batch_size, dtype=torch.bool, device=device)
-    # Warm up on a side stream (lazy kernel initialisation must not be captured), then undo its cache writes.
-    saved = cache.pos.clone(), cache.n_real.clone(), cache.valid.clone()
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        step(tokens_in, real_in)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits_out = step(tokens_in, real_in)
-    cache.pos.copy_(saved[0])
-    cache.n_real.copy_(saved[1])
-    cache.valid.copy_(saved[2])
-
-    def replay(tokens, real):
-        tokens_in.copy_(tokens)
-        real_in.copy_(real)
-        graph.replay()
-        return logits_out
-    return replay
+def bucket(n):
+    """The batch sizes a decoder runs at, one CUDA graph each: powers of two and 1.5x between (2, 3, 4, 6, 8,
+    12, ...). Rows that finish are compacted away once the live ones fit the next bucket down."""
+    size = 2
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
 
-@torch.no_grad()
+SLOT_BUCKET = 64  # attention reads the filled slots rounded up to this: one graph per 64 slots, little waste
+
+
+class Decoder:
+    """Batched sampling from one model, shaped after what a decoding step must physically read: the weights
+    once and the keys and values of the rows still decoding, over the slots filled so far.
+
+    - Weights: on a GPU the decoder reads a bf16 copy of the model, refreshed at the start of every call
+      (RL updates the fp32 weights in between); autocast would recast every matrix on every step.
+    - Finished rows stop costing: every few steps the rows still decoding are moved to the front of the batch
+      (KVCache.keep_rows) once they fit a smaller batch `bucket`, and later steps run only those.
+    - Attention spans the slots filled so far rounded up to SLOT_BUCKET (KVCache.view), not the whole cache.
+    - One step (forward, sampling, stop check, writing the token) has static shapes and no host sync, so on a
+      GPU each (batch bucket, slots) pair is captured once as a CUDA graph and replayed; graphs, cache and buffers
+      are kept across calls, so an RL run captures each one once.
+    On the CPU the same steps run eagerly (the tests check them against the uncached forward)."""
+
+    def __init__(self, model, cuda_graph=True, compile=False):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.on_gpu = self.device.type == "cuda"
+        self.cuda_graph = cuda_graph and self.on_gpu
+        if self.on_gpu:
+            self.net = copy.deepcopy(model).eval().requires_grad_(False)
+            for name, p in self.net.named_parameters():
+                if ".gate." not in name:  # the router computes its affinities in fp32 (model.Gate)
+                    p.data = p.data.bfloat16()
+        else:
+            self.net = model
+        # torch.compile fuses a step's hundreds of small kernels; dynamic shapes: one compilation for all buckets
+        self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
+        self.rows = self.slots = 0  # capacity of the cache and buffers, grown on demand
+        self.graphs, self.stop_tensors = {}, {}
+        self.pool = torch.cuda.graph_pool_handle() if self.cuda_graph else None
+
+    def _allocate(self, rows, slots):
+        self.rows, self.slots, self.graphs = rows, slots, {}
+        dtype = torch.bfloat16 if self.on_gpu else next(self.model.parameters()).dtype
+        self.cache = KVCache(self.model.cfg, rows, slots, self.device, dtype)
+        long = dict(dtype=torch.long, device=self.device)
+        self.tokens = torch.zeros(rows, **long)  # each row's last token, the next step's input
+        self.row_of = torch.zeros(rows, **long)  # which caller's row each batch row holds
+        self.budget = torch.zeros(rows, **long)  # each row's max_new_tokens
+        self.done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        self.out = torch.zeros(rows, slots, **long)  # tokens by caller's row and step
+        self.t = torch.zeros(1, **long)  # the step being sampled
+
+    def _sample_into_buffers(self, logits, rows, sampling):
+        """Sample token t for the first `rows` rows from logits, write it out, update done; advance t."""
+        temperature, top_p, stop_ids, generator = sampling
+        stop = self.stop_tensors[stop_ids]
+        nxt = sample_next(logits[:, :get_tokenizer().n_vocab], temperature, top_p, generator)
+        self.out.index_put_((self.row_of[:rows], self.t.expand(rows)), nxt)
+        self.done[:rows] |= torch.isin(nxt, stop) | (self.t + 1 >= self.budget[:rows])
+        self.tokens[:rows] = nxt
+        self.t += 1
+
+    def _step(self, rows, slots, sampling):
+        """One decoding step for the first `rows` rows over the first `slots` slots: feed each row's last token
+        (finished rows feed theirs as padding, masked out), then sample the next."""
+        real = ~self.done[:rows]
+        logits = self.forward(self.tokens[:rows, None], pad_mask=real[:, None], cache=self.cache.view(rows, slots))
+        self._sample_into_buffers(logits[:, -1], rows, sampling)
+
+    def _graph(self, rows, slots, sampling):
+        key = (rows, slots, *sampling[:3])
+        if key not in self.graphs:
+            # Warm up on a side stream (lazy initialisation must not be captured), then undo what it wrote:
+            # its cache slot and output token are rewritten by the real step.
+            state = [self.cache.pos, self.cache.n_real, self.cache.valid, self.tokens, self.done, self.t]
+            saved = [x.clone() for x in state]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._step(rows, slots, sampling)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):  # one memory pool: graphs run one at a time
+                self._step(rows, slots, sampling)
+            for x, old in zip(state, saved):
+                x.copy_(old)
+            self.graphs[key] = graph
+        return self.graphs[key]
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=None, generator=None):
+        """Sample a completion for each prompt (a list of token-id lists). max_new_tokens is one budget for all
+        rows or a list with one per row. Returns a list of token-id lists, each ending with its stop token unless
+        it ran out of its budget."""
+        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        if len(budgets) != len(prompts) or min(budgets) < 1:
+            raise ValueError("max_new_tokens must be >= 1 (one value, or one per prompt)")
+        stop_ids = stop_token_ids() if stop_ids is None else stop_ids
+        B, P, N = len(prompts), max(len(p) for p in prompts), max(budgets)
+        if P + N > self.model.cfg.max_seq_len:
+            raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds max_seq_len {self.model.cfg.max_seq_len}")
+        rows = bucket(B)  # rows past B are placeholders, finished from the start
+        slots = -(-(P + N) // SLOT_BUCKET) * SLOT_BUCKET
+        if rows > self.rows or slots > self.slots:
+            self._allocate(max(rows, self.rows), max(slots, self.slots))
+        if self.net is not self.model:
+            for mine, theirs in zip(self.net.state_dict().values(), self.model.state_dict().values()):
+                mine.copy_(theirs)
+        tokens = torch.full((rows, P), pad_token_id(), dtype=torch.long)
+        real = torch.zeros(rows, P, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            tokens[i, P - len(p):] = torch.tensor(p)
+            real[i, P - len(p):] = True
+        real[B:, -1] = True
+        tokens, real = tokens.to(self.device), real.to(self.device)
+        self.row_of[:rows] = torch.arange(rows, device=self.device)
+        self.budget[:rows] = torch.tensor(budgets + [1] * (rows - B), device=self.device)
+        self.done[:rows] = False
+        self.t.zero_()
+        self.cache.pos.zero_()
+        self.cache.n_real.zero_()
+        self.cache.valid.zero_()
+        # graphs keep pointers to the stop ids: one persistent tensor per set of them
+        stop_key = tuple(stop_ids)
+        if stop_key not in self.stop_tensors:
+            self.stop_tensors[stop_key] = torch.tensor(stop_key, dtype=torch.long, device=self.device)
+        sampling = (temperature, top_p, stop_key, generator)
+        was_training = self.model.training
+        self.net.eval()
+        logits = self.net(tokens, pad_mask=real, cache=self.cache.view(rows, P))[:, -1]
+        self._sample_into_buffers(logits, rows, sampling)
+        self.done[B:rows] = True
+        for t in range(1, N):
+            if t % 8 == 0:  # syncing every step would stall the GPU
+                live = (~self.done[:rows]).nonzero().squeeze(1)
+                if len(live) == 0:
+                    break
+                if bucket(len(live)) < rows:
+                    finished = self.done[:rows].nonzero().squeeze(1)
+                    rows = bucket(len(live))
+                    order = torch.cat([live, finished])[:rows]
+                    self.cache.keep_rows(order, P + t)
+                    for buf in (self.tokens, self.row_of, self.budget, self.done):
+                        buf[:rows] = buf[order]
+            used = -(-(P + t) // SLOT_BUCKET) * SLOT_BUCKET  # slots the step reads: the filled ones and its own
+            if self.cuda_graph and generator is None:  # a graph draws from the default CUDA generator
+                self._graph(rows, used, sampling).replay()
+            else:
+                self._step(rows, used, sampling)
+        self.model.train(was_training)
+
+        completions = []
+        for row, budget in zip(self.out[:B, :N].tolist(), budgets):
+            row = row[:budget]
+            ends = [i for i, tok in enumerate(row) if tok in stop_ids]
+            completions.append(row[:ends[0] + 1] if ends else row)
+        return completions
+
+
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=None, generator=None,
              cuda_graph=True):
-    """Sample a completion for each prompt (a list of token-id lists). Returns a list of token-id lists, each
-    ending with its stop token unless it ran out of max_new_tokens. Runs in eval mode, no grad; on a GPU in
-    bf16 with the decoding step replayed from a CUDA graph."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    stop_ids = stop_token_ids() if stop_ids is None else stop_ids
-    device = next(model.parameters()).device
-    on_gpu = device.type == "cuda"
-    B, P = len(prompts), max(len(p) for p in prompts)
-    if P + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
-                         f"{model.cfg.max_seq_len}")
-    tokens = torch.full((B, P), pad_token_id(), dtype=torch.long)
-    real = torch.zeros(B, P, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, P - len(p):] = torch.tensor(p)
-        real[i, P - len(p):] = True
-    tokens, real = tokens.to(device), real.to(device)
-    stop = torch.tensor(stop_ids, device=device)
-    n_vocab = get_tokenizer().n_vocab
-
-    was_training = model.training
-    model.eval()
-    # autocast's weight-cast cache cannot live across graph replays: cache_enabled=False
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu, cache_enabled=False)
-    with autocast:
-        cache = KVCache(model.cfg, B, P + max_new_tokens, device,
-                        torch.bfloat16 if on_gpu else next(model.parameters()).dtype)
-        logits = model(tokens, pad_mask=real, cache=cache)[:, -1]
-        step = decode_step_fn(model, cache, B, use_graph=on_gpu and cuda_graph and max_new_tokens > 1)
-        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        for t in range(max_new_tokens):
-            # the embedding table is rounded up past the tokenizer's ids; never sample the unused rows
-            nxt = sample_next(logits[:, :n_vocab], temperature, top_p, generator)
-            out[:, t] = nxt
-            done |= torch.isin(nxt, stop)
-            if t + 1 == max_new_tokens or (t % 8 == 7 and bool(done.all())):  # syncing every step would stall
-                break
-            # finished rows keep decoding (static shapes) but their new tokens are masked out as padding
-            logits = step(nxt, ~done)
-    model.train(was_training)
-
-    completions = []
-    for row in out[:, :t + 1].tolist():
-        ends = [i for i, tok in enumerate(row) if tok in stop_ids]
-        completions.append(row[:ends[0] + 1] if ends else row)
-    return completions
+    """One-off batched sampling (see Decoder; keep a Decoder to reuse its graphs across calls)."""
+    return Decoder(model, cuda_graph).generate(prompts, max_new_tokens, temperature, top_p, stop_ids, generator)
 
 
 def main():

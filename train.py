@@ -31,7 +31,7 @@ import rewards
 from checkpoint import git_commit, load_checkpoint, save_checkpoint
 from grpo import GRPOConfig, GRPOTrainer
 from model import Transformer, make_config
-from sample import generate
+from sample import Decoder
 
 
 @dataclass
@@ -132,10 +132,10 @@ def answer_key(text, row):
 def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512):
     enc = data.get_tokenizer()
     prompts = [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(k)]
-    texts = []
+    texts, decoder = [], Decoder(model)
     for i in range(0, len(prompts), batch_size):
         texts += ["<think>" + enc.decode(c) for c in
-                  generate(model, prompts[i:i + batch_size], max_new_tokens, temperature, top_p)]
+                  decoder.generate(prompts[i:i + batch_size], max_new_tokens, temperature, top_p)]
     pass1, cons, lengths, reflections = [], [], [], []
     for j, row in enumerate(rows):
         group = texts[j * k:(j + 1) * k]

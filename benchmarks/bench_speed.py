@@ -11,7 +11,10 @@ Training: tokens/s and model FLOPs utilisation of a forward+backward+AdamW step 
 models, and the share of the step's forward time spent in the routers.
 """
 
+import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -21,8 +24,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 from model import Transformer, make_config  # noqa: E402
-from sample import generate  # noqa: E402
-from checkpoint import git_commit  # noqa: E402
+from sample import Decoder, generate  # noqa: E402
+from checkpoint import git_commit, load_checkpoint  # noqa: E402
+
+LENGTHS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rl_lengths.json")
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak, SXM parts
 
@@ -65,7 +70,120 @@ def active_flops_per_token(n_active_params, n_layers, dim, seq_len):
     return 6 * n_active_params + 6 * n_layers * dim * seq_len
 
 
+# -----------------------------------------------------------------------------
+# Rollouts on the RL workload against the HBM bound
+
+def rl_prompts(n_prompts=64, group_size=8):
+    """An RL step's rollout batch: the default recipe's 64 training prompts x 8 samples."""
+    rows = data.countdown_dataset("train", seed=0).to_list()[:n_prompts]
+    return [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(group_size)]
+
+
+def record_lengths(ckpt, prompts, max_new_tokens=512):
+    """Sample the RL batch from a trained policy (temperature 1, as RL does) and keep the response lengths."""
+    model = load_checkpoint(ckpt, device="cuda")["model"]
+    torch.manual_seed(0)
+    lengths = [len(c) for c in Decoder(model).generate(prompts, max_new_tokens, temperature=1.0)]
+    record = {"lengths": lengths, "checkpoint": ckpt, "commit": git_commit(), "max_new_tokens": max_new_tokens,
+              "device": torch.cuda.get_device_name()}
+    json.dump(record, open(LENGTHS_FILE, "w"))
+    return record
+
+
+def kv_bytes_per_position(cfg, bytes_per_value=2):
+    return 2 * cfg.n_layers * cfg.dim * bytes_per_value  # keys and values of every layer
+
+
+def hbm_bound_seconds(model, prompts, lengths, bandwidth):
+    """The least HBM traffic of decoding `lengths[i]` tokens after `prompts[i]`, over the bandwidth: at every
+    decoding step the weights once (bf16; of the routed experts, those the live rows can reach) and the keys and
+    values of the live rows over their real positions so far. The prefill (compute-bound) is left out."""
+    cfg = model.cfg
+    per_expert = 3 * cfg.dim * cfg.moe_hidden
+    n_moe, E, k = len(model.gates()), cfg.n_routed_experts, cfg.n_activated_experts
+    all_but_routed = model.num_params() - n_moe * E * per_expert
+    kv = kv_bytes_per_position(cfg)
+    total = 0
+    for t in range(1, max(lengths)):
+        live = [i for i, n in enumerate(lengths) if n > t]
+        experts_hit = E * (1 - (1 - k / E) ** len(live))  # expected distinct experts among the live rows' picks
+        total += 2 * (all_but_routed + n_moe * experts_hit * per_expert)
+        total += sum(len(prompts[i]) + t for i in live) * kv
+    return total / bandwidth
+
+
+def measure_bandwidth():
+    """Device-to-device copy of 1 GiB, bytes read plus written per second."""
+    x = torch.empty(2 ** 29, dtype=torch.float16, device="cuda")
+    y = torch.empty_like(x)
+    dt = timed(lambda: y.copy_(x), repeats=10)
+    return 2 * x.numel() * x.element_size() / dt
+
+
+OLD_ROLLOUT = """
+import sys, time, torch
+from model import Transformer, make_config
+from sample import generate
+prompts = [[int(t) for t in p.split()] for p in sys.argv[2].split(",")]
+model = Transformer(make_config("small")).cuda()
+run = lambda: generate(model, prompts, int(sys.argv[1]), temperature=1.0, stop_ids=[])
+run()
+times = []
+for _ in range(3):
+    torch.cuda.synchronize(); t = time.perf_counter(); run(); torch.cuda.synchronize()
+    times.append(time.perf_counter() - t)
+print(sorted(times)[1])
+"""
+
+
+def rollout_roofline(old_tree=None):
+    record = json.load(open(LENGTHS_FILE))
+    lengths = record["lengths"]
+    prompts = rl_prompts()
+    assert len(prompts) == len(lengths)
+    torch.manual_seed(0)
+    model = Transformer(make_config("small")).cuda()
+    bandwidth = measure_bandwidth()
+    bound = hbm_bound_seconds(model, prompts, lengths, bandwidth)
+    print(f"\nRollouts on the RL workload: {len(prompts)} rows, response lengths recorded from {record['checkpoint']} "
+          f"at {record['commit']} (mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}); copy bandwidth "
+          f"{bandwidth / 1e12:.2f} TB/s")
+    rows = []
+    for label, opts in (("Decoder", {}), ("Decoder, compiled", {"compile": True})):
+        decoder = Decoder(model, **opts)
+        t0 = time.perf_counter()
+        decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])  # first call: captures (and compiles)
+        first = time.perf_counter() - t0
+        rows.append((label, timed(lambda: decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])), first))
+    if old_tree:  # the previous commit's sample.generate: every row decodes until the longest is done
+        arg = ",".join(" ".join(map(str, p)) for p in prompts)
+        out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT, str(max(lengths)), arg], cwd=old_tree,
+                             capture_output=True, text=True, check=True).stdout
+        rows.append((f"generate at {os.path.basename(os.path.abspath(old_tree))}", float(out.split()[-1]), None))
+    print(f"{'decoder':>28} | {'s per rollout':>13} | {'x HBM bound':>11} | {'first call s':>12}")
+    print(f"{'HBM bound':>28} | {bound:>13.3f} | {1:>11.2f} |")
+    for label, dt, first in rows:
+        print(f"{label:>28} | {dt:>13.3f} | {dt / bound:>11.2f} | {first if first else float('nan'):>12.1f}")
+    if old_tree:
+        print(f"speed-up over the previous commit: {rows[-1][1] / rows[0][1]:.1f}x (plain), "
+              f"{rows[-1][1] / rows[1][1]:.1f}x (compiled)")
+
+
 def main():
+    parser = argparse.ArgumentParser(description="rollout and training speed on one GPU")
+    parser.add_argument("--record-lengths", metavar="CKPT", help="first record the RL workload's lengths from CKPT")
+    parser.add_argument("--old-tree", help="a checkout of an earlier commit to time its rollouts beside ours")
+    parser.add_argument("--only-rollouts", action="store_true", help="skip the Hugging Face and training tables")
+    args = parser.parse_args()
+    if args.record_lengths:
+        record_lengths(args.record_lengths, rl_prompts())
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; commit {git_commit()}")
+    rollout_roofline(args.old_tree)
+    if not args.only_rollouts:
+        compare_with_hf()
+
+
+def compare_with_hf():
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     commit = git_commit()

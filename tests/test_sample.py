@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from data import get_tokenizer
-from model import Transformer, make_config
-from sample import generate, sample_next
+from model import KVCache, Transformer, make_config
+from sample import SLOT_BUCKET, Decoder, bucket, generate, sample_next
 
 
 def greedy_without_cache(model, prompt, max_new_tokens, stop_ids):
@@ -56,3 +56,28 @@ def test_cuda_graph_decoding_matches_eager_decoding():
     graph = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=True)
     eager = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=False)
     assert graph == eager
+
+
+def test_compaction_slot_buckets_and_row_budgets_keep_greedy_exact(monkeypatch):
+    """Many rows that stop at different steps (the decoder compacts them away), generations that cross slot
+    buckets, and a budget per row: each row still decodes exactly as the uncached forward alone."""
+    torch.manual_seed(2)
+    model = Transformer(make_config("tiny")).eval()
+    prompts = [torch.randint(0, 450, (n,)).tolist() for n in (3, 17, 8, 1, 12, 5, 9, 14, 2)]
+    stop_ids = list(range(0, 450, 29))  # one token in 29 stops a row: rows end at many different steps
+    budgets = [90, 40, 90, 7, 90, 90, 1, 90, 90]
+    batch_sizes = []
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, order, slots, real=KVCache.keep_rows:
+                        batch_sizes.append(len(order)) or real(self, order, slots))
+    got = Decoder(model).generate(prompts, budgets, temperature=0, stop_ids=stop_ids)
+    want = [greedy_without_cache(model, p, n, stop_ids) for p, n in zip(prompts, budgets)]
+    assert got == want
+    assert [len(g) for g in got] != [len(g) for g in want[:1]] * len(got)  # rows really ended apart
+    assert batch_sizes and batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < 12
+    assert max(len(p) for p in prompts) + max(map(len, got)) > SLOT_BUCKET  # crossed a slot bucket
+    assert all(len(g) <= n for g, n in zip(got, budgets)) and len(got[6]) == 1
+
+
+def test_bucket_sizes():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 7, 9, 13, 100, 500, 512, 513)] == \
+        [2, 2, 3, 4, 6, 8, 12, 16, 128, 512, 512, 768]
