@@ -115,8 +115,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, slots):
         B, T, C = x.shape
-        q, k, v = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        (q, k), v = apply_rope(qkv[:2], cos, sin), qkv[2]  # queries and keys rotated together: half the kernels
         if cache is not None:
             k_all, v_all = cache.k[self.layer_id], cache.v[self.layer_id]
             k_all.index_copy_(2, slots, k.to(k_all.dtype))

@@ -90,12 +90,14 @@ class Decoder:
     def _allocate(self, rows, slots):
         self.rows, self.slots, self.graphs = rows, slots, {}
         dtype = torch.bfloat16 if self.on_gpu else next(self.model.parameters()).dtype
-        self.cache = KVCache(self.model.cfg, rows, slots, self.device, dtype)
+        # one spare row and slot: a step's views are then never a whole buffer, which spares torch.compile a
+        # recompilation for that special case
+        self.cache = KVCache(self.model.cfg, rows + 1, slots + 1, self.device, dtype)
         long = dict(dtype=torch.long, device=self.device)
-        self.tokens = torch.zeros(rows, **long)  # each row's last token, the next step's input
+        self.tokens = torch.zeros(rows + 1, **long)  # each row's last token, the next step's input
         self.row_of = torch.zeros(rows, **long)  # which caller's row each batch row holds
         self.budget = torch.zeros(rows, **long)  # each row's max_new_tokens
-        self.done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        self.done = torch.zeros(rows + 1, dtype=torch.bool, device=self.device)
         self.out = torch.zeros(rows, slots, **long)  # tokens by caller's row and step
         self.t = torch.zeros(1, **long)  # the step being sampled
 
