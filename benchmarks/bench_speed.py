@@ -124,7 +124,7 @@ OLD_ROLLOUT = """
 import sys, time, torch
 from model import Transformer, make_config
 from sample import generate
-prompts = [[int(t) for t in p.split()] for p in sys.argv[2].split(",")]
+prompts = [[int(t) for t in p.split()] for p in sys.stdin.read().split(",")]
 model = Transformer(make_config("small")).cuda()
 run = lambda: generate(model, prompts, int(sys.argv[1]), temperature=1.0, stop_ids=[])
 run()
@@ -155,9 +155,10 @@ def rollout_roofline(old_tree=None):
         decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])  # first call: captures (and compiles)
         first = time.perf_counter() - t0
         rows.append((label, timed(lambda: decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])), first))
+        print(f"{label}: {rows[-1][1]:.3f} s per rollout (first call {first:.1f} s)", flush=True)
     if old_tree:  # the previous commit's sample.generate: every row decodes until the longest is done
         arg = ",".join(" ".join(map(str, p)) for p in prompts)
-        out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT, str(max(lengths)), arg], cwd=old_tree,
+        out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT, str(max(lengths))], input=arg, cwd=old_tree,
                              capture_output=True, text=True, check=True).stdout
         rows.append((f"generate at {os.path.basename(os.path.abspath(old_tree))}", float(out.split()[-1]), None))
     print(f"{'decoder':>28} | {'s per rollout':>13} | {'x HBM bound':>11} | {'first call s':>12}")
