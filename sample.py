@@ -69,7 +69,7 @@ class Decoder:
       are kept across calls, so an RL run captures each one once.
     On the CPU the same steps run eagerly (the tests check them against the uncached forward)."""
 
-    def __init__(self, model, cuda_graph=True, compile=False):
+    def __init__(self, model, cuda_graph=True):
         self.model = model
         self.device = next(model.parameters()).device
         self.on_gpu = self.device.type == "cuda"
@@ -81,8 +81,6 @@ class Decoder:
                     p.data = p.data.bfloat16()
         else:
             self.net = model
-        # torch.compile fuses a step's hundreds of small kernels; dynamic shapes: one compilation for all buckets
-        self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self.rows = self.slots = 0  # capacity of the cache and buffers, grown on demand
         self.graphs, self.stop_tensors = {}, {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graph else None
@@ -90,14 +88,12 @@ class Decoder:
     def _allocate(self, rows, slots):
         self.rows, self.slots, self.graphs = rows, slots, {}
         dtype = torch.bfloat16 if self.on_gpu else next(self.model.parameters()).dtype
-        # one spare row and slot: a step's views are then never a whole buffer, which spares torch.compile a
-        # recompilation for that special case
-        self.cache = KVCache(self.model.cfg, rows + 1, slots + 1, self.device, dtype)
+        self.cache = KVCache(self.model.cfg, rows, slots, self.device, dtype)
         long = dict(dtype=torch.long, device=self.device)
-        self.tokens = torch.zeros(rows + 1, **long)  # each row's last token, the next step's input
+        self.tokens = torch.zeros(rows, **long)  # each row's last token, the next step's input
         self.row_of = torch.zeros(rows, **long)  # which caller's row each batch row holds
         self.budget = torch.zeros(rows, **long)  # each row's max_new_tokens
-        self.done = torch.zeros(rows + 1, dtype=torch.bool, device=self.device)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         self.out = torch.zeros(rows, slots, **long)  # tokens by caller's row and step
         self.t = torch.zeros(1, **long)  # the step being sampled
 
@@ -115,7 +111,7 @@ class Decoder:
         """One decoding step for the first `rows` rows over the first `slots` slots: feed each row's last token
         (finished rows feed theirs as padding, masked out), then sample the next."""
         real = ~self.done[:rows]
-        logits = self.forward(self.tokens[:rows, None], pad_mask=real[:, None], cache=self.cache.view(rows, slots))
+        logits = self.net(self.tokens[:rows, None], pad_mask=real[:, None], cache=self.cache.view(rows, slots))
         self._sample_into_buffers(logits[:, -1], rows, sampling)
 
     def _graph(self, rows, slots, sampling):
