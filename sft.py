@@ -266,7 +266,7 @@ def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_ste
             summary["loss"] = loss.item()
             log({"stage": "sft", "step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
                  "grad_norm": grad_norm.item(), "completion_tokens": (targets != IGNORE).sum().item(),
-                 "epoch": (step + 1) * cfg.batch_size / len(rows),
+                 "epoch": (step * cfg.batch_size + len(batch)) / len(rows),
                  "router_max_over_mean": sum(balance) / len(balance) if balance else None,
                  "tokens_per_s": tokens_seen / dt, "elapsed_s": dt})
         model.update_router_bias()  # aux-loss-free balancing, once per step as in pretraining
@@ -314,7 +314,8 @@ def main(argv=None):
     start, opt_state = 0, None
     if args.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path, device)
-        changed = [k for k, v in asdict(cfg).items() if ckpt["sft_config"].get(k) != v]
+        changed = [k for k, v in asdict(cfg).items()  # the intervals do not change the weights; all else does
+                   if k not in ("log_every", "checkpoint_every") and ckpt["sft_config"].get(k) != v]
         if changed or ckpt["data_sha"] != data_sha:
             raise SystemExit(f"cannot resume {ckpt_path}: it was trained with other "
                              f"{'settings (' + ', '.join(changed) + ')' if changed else '--data'}; resuming needs "

@@ -95,6 +95,15 @@ def test_packing_keeps_examples_whole_and_each_computed_as_if_alone():
         assert (segment_ids[r, start:] == -1).all() and (targets[r, start:] == sft.IGNORE).all()
 
 
+def test_epochs_visit_every_packed_row_once_per_epoch_in_a_seeded_order():
+    cfg = sft.SFTConfig(epochs=2, batch_size=4, seed=3)
+    seen = [r for step in range(5) for r in sft.rows_of_step(step, 10, cfg)]  # ceil(2 * 10 / 4) = 5 steps
+    assert sorted(seen[:10]) == sorted(seen[10:]) == list(range(10))  # the last batch is short: 2 rows
+    assert seen[:10] != seen[10:] and seen[:10] != list(range(10))  # reshuffled every epoch
+    other_seed = [r for step in range(5) for r in sft.rows_of_step(step, 10, sft.SFTConfig(epochs=2, batch_size=4))]
+    assert other_seed != seen
+
+
 def test_tiny_sft_run_memorises_its_completions():
     model = tiny_model()
     examples = countdown_examples()
