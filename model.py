@@ -262,20 +262,32 @@ class Transformer(nn.Module):
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight", "w2")) else 1
             nn.init.normal_(p, mean=0.0, std=std * scale)
 
-    def forward(self, tokens, pad_mask=None, cache: KVCache | None = None):
+    def forward(self, tokens, pad_mask=None, cache: KVCache | None = None, segment_ids=None):
         """tokens [B, T] -> logits [B, T, V] (float32).
 
         pad_mask [B, T] (True = real token) is needed only when rows carry padding; without it and without a
         cache, attention is plain causal. With a cache the tokens go into the next T slots (the caller sizes the
-        cache; checking here would need a host sync)."""
+        cache; checking here would need a host sync).
+        segment_ids [B, T] is for training on packed rows (sft.py): each row holds several examples, each a
+        contiguous run of one id; a token attends only to earlier tokens of its own segment and its RoPE
+        position counts from the segment's start, so every example is computed exactly as if it were alone."""
         B, T = tokens.shape
         if cache is None and T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
         real = torch.ones_like(tokens, dtype=torch.bool) if pad_mask is None else pad_mask
         offset = cache.n_real[:, None] if cache is not None else 0
         positions = (offset + real.cumsum(1) - 1).clamp(min=0)
-        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
         mask, slots = None, None
+        if segment_ids is not None:
+            if cache is not None or pad_mask is not None:
+                raise ValueError("segment_ids is for packed training rows: it takes no cache and no pad_mask")
+            t = torch.arange(T, device=tokens.device)
+            starts = torch.ones_like(segment_ids, dtype=torch.bool)
+            starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+            positions = t - torch.where(starts, t, 0).cummax(1).values            # t - start of t's segment
+            same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]       # [B, T, T]
+            mask = (same_segment & (t[None, :] <= t[:, None])[None])[:, None]      # document-causal
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
         if cache is not None or pad_mask is not None:
             slots = torch.arange(T, device=tokens.device)  # the slot (key index) each new token goes to
             if cache is not None:
