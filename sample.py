@@ -51,7 +51,7 @@ def decode_step_fn(model, cache, batch_size, use_graph):
 
     if not use_graph:
         return step
-    device = cache.k.device
+    device = cache.valid.device
     tokens_in = torch.zeros(batch_size, dtype=torch.long, device=device)
     real_in = torch.ones(batch_size, dtype=torch.bool, device=device)
     # Warm up on a side stream (lazy kernel initialisation must not be captured), then undo its cache writes.

@@ -18,9 +18,10 @@ def greedy_without_cache(model, prompt, max_new_tokens, stop_ids):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_greedy_generate_equals_full_forward_decoding_for_ragged_prompts(seed):
+@pytest.mark.parametrize("attention", ["mha", "mla"])  # MLA decodes with the absorbed path (the default)
+def test_greedy_generate_equals_full_forward_decoding_for_ragged_prompts(seed, attention):
     torch.manual_seed(seed)
-    model = Transformer(make_config("tiny")).eval()
+    model = Transformer(make_config("tiny", attention=attention)).eval()
     prompts = [torch.randint(0, 450, (n,)).tolist() for n in (5, 12, 1, 9)]
     # stop ids drawn from tokens the model emits, so rows stop at different steps
     probe = greedy_without_cache(model, prompts[0], 6, stop_ids=[])
@@ -49,9 +50,10 @@ def test_generate_rejects_bad_arguments():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_decoding_matches_eager_decoding():
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_cuda_graph_decoding_matches_eager_decoding(attention):
     torch.manual_seed(0)
-    model = Transformer(make_config("small")).cuda()
+    model = Transformer(make_config("small", attention=attention)).cuda()
     prompts = [torch.randint(0, 500, (n,)).tolist() for n in (30, 7, 19, 64)]
     graph = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=True)
     eager = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=False)
