@@ -88,7 +88,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # in float32 (a no-op for the residual stream): MLA also normalises bf16 projections under autocast, and
+        # the fused kernel needs input and weight of one dtype
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
 def rope_tables(head_dim, max_seq_len, theta):
@@ -224,12 +226,15 @@ class MLA(nn.Module):
         """The same attention without per-head keys and values: q_nope . (W_UK c) = (W_UK^T q_nope) . c, and
         sum_j p_j (W_UV c_j) = W_UV (sum_j p_j c_j). Every head attends over the one cached latent, like
         multi-query attention with head size d_c + d_h^R; cheap when few queries meet many cached slots."""
-        w_kv = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)
-        w_uk, w_uv = w_kv.split([self.nope, self.v_dim], 1)                 # [H, d_nope, d_c], [H, d_v, d_c]
-        q_latent = q_nope @ w_uk                                              # [B, H, T, d_c]
-        scores = (q_latent @ latent.mT + q_rope @ k_rope.mT) * self.scale     # [B, H, T, S]
+        w_kv = self.wkv_b.weight.to(q_nope.dtype).view(self.n_heads, self.nope + self.v_dim, self.rank)
+        w_uk, w_uv = w_kv.split([self.nope, self.v_dim], 1)                          # [H, d_nope, d_c], [H, d_v, d_c]
+        latent, k_rope = latent[:, 0], k_rope[:, 0]                                   # [B, S, .]
+        # einsum keeps each product one batched matmul (batch b or h), never copying the cache per head
+        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
+        scores = (torch.einsum("bhtc,bsc->bhts", q_latent, latent)
+                  + torch.einsum("bhtr,bsr->bhts", q_rope, k_rope)) * self.scale
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).type_as(latent)
-        return (probs @ latent) @ w_uv.mT                                     # [B, H, T, d_v]
+        return torch.einsum("bhtc,hvc->bhtv", torch.einsum("bhts,bsc->bhtc", probs, latent), w_uv)
 
 
 class SwiGLU(nn.Module):

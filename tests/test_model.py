@@ -162,9 +162,9 @@ def test_mla_absorbed_decode_equals_naive_decode_and_the_uncached_forward():
         a, full = decode_logits(absorb, prompts, steps=6)
         n, _ = decode_logits(naive, prompts, steps=6)
     assert rel_err(a, n) < 1e-5 and rel_err(a, full) < 1e-5 and rel_err(n, full) < 1e-5
-    # in bf16 (weights, activations and cache) the two paths round differently, but within bf16 rounding
-    absorb.bfloat16(), naive.bfloat16()
-    with torch.no_grad():
+    # under bf16 autocast with a bf16 cache (how sample.py decodes on a GPU) the two paths round differently,
+    # but both stay within bf16 rounding of the float32 logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         a16, _ = decode_logits(absorb, prompts, steps=6, dtype=torch.bfloat16)
         n16, _ = decode_logits(naive, prompts, steps=6, dtype=torch.bfloat16)
     assert rel_err(a16, n16) < 2e-2 and rel_err(a16, full) < 2e-2 and rel_err(n16, full) < 2e-2
