@@ -1,7 +1,8 @@
 """
 Speed of rollouts and training for the default model, side by side with Hugging Face transformers.
 
-    python benchmarks/bench_speed.py            # on a GPU; prints two tables
+    python benchmarks/bench_speed.py                    # on a GPU; prints three tables
+    python benchmarks/bench_speed.py --attention-only   # only the third (MHA vs MLA), no transformers needed
 
 Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Countdown prompts at batch 64 and 256,
 for (1) sample.generate (static KV cache, bf16, CUDA-graph decoding), (2) the same model without a cache (a full
@@ -9,8 +10,12 @@ forward pass per new token), and (3) transformers' `generate` on a Mixtral-style
 (hidden size, layers, heads, 16 experts of the same width, top-2) built from a config with random weights.
 Training: tokens/s and model FLOPs utilisation of a forward+backward+AdamW step on 64 x 512 tokens, for both
 models, and the share of the step's forward time spent in the routers.
+Attention: the default model with multi-head attention vs multi-head latent attention (model.py), KV-cache bytes
+per token and for a whole rollout batch, and rollout tokens/s as above; MLA decodes with the absorbed path
+(its default) and, for comparison, with the naive one that re-expands the latent of every cached token.
 """
 
+import argparse
 import os
 import sys
 import time
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from model import Transformer, make_config  # noqa: E402
+from model import Transformer, kv_cache_bytes_per_token, make_config  # noqa: E402
 from sample import generate  # noqa: E402
 from checkpoint import git_commit  # noqa: E402
 
@@ -65,10 +70,55 @@ def active_flops_per_token(n_active_params, n_layers, dim, seq_len):
     return 6 * n_active_params + 6 * n_layers * dim * seq_len
 
 
+ATTENTION_VARIANTS = {  # label -> make_config overrides of the small preset
+    "MHA": dict(attention="mha"),
+    "MLA absorb": dict(attention="mla", mla_decode="absorb"),
+    "MLA naive": dict(attention="mla", mla_decode="naive"),
+}
+
+
+def attention_rows(prompt, new, batches):
+    """(label, KV bytes per token, KV bytes of the largest batch's whole cache, {batch: rollout tok/s}) per
+    variant."""
+    rows = []
+    for label, overrides in ATTENTION_VARIANTS.items():
+        torch.manual_seed(0)
+        cfg = make_config("small", **overrides)
+        model = Transformer(cfg).cuda()
+        per_token = kv_cache_bytes_per_token(cfg)  # bf16, as sample.generate caches on a GPU
+        speed = {}
+        for batch in batches:
+            t = timed(lambda: generate(model, [prompt] * batch, new, temperature=1.0, stop_ids=[]))
+            speed[batch] = batch * new / t
+        rows.append((label, per_token, per_token * max(batches) * (len(prompt) + new), speed))
+        del model
+    return rows
+
+
+def attention_table(prompt, new=256, batches=(64, 256)):
+    rows = attention_rows(prompt, new, batches)
+    print(f"\nAttention: small preset, MHA vs MLA; KV cache in bf16; {new} new tokens, sampling, prompt {len(prompt)} "
+          f"tokens; batch cache = batch {max(batches)} x {len(prompt) + new} tokens")
+    print(f"{'attention':>10} | {'KV B/token':>10} | {'batch cache':>11} | "
+          + " | ".join(f"{f'tok/s b{b}':>12}" for b in batches))
+    for label, per_token, batch_bytes, speed in rows:
+        print(f"{label:>10} | {per_token:>10,} | {batch_bytes / 2**20:>7.1f} MiB | "
+              + " | ".join(f"{speed[b]:>12,.0f}" for b in batches))
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attention-only", action="store_true", help="only the MHA vs MLA table")
+    args = parser.parse_args()
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     commit = git_commit()
+    question = data.countdown_question([3, 7, 11], 54)
+    prompt = data.encode(data.make_prompt(question))
+    if args.attention_only:
+        print(f"device: {name}; torch {torch.__version__}; commit {commit}")
+        attention_table(prompt)
+        return
     import transformers
     print(f"device: {name}; torch {torch.__version__}; transformers {transformers.__version__}; commit {commit}")
     torch.manual_seed(0)
@@ -80,8 +130,6 @@ def main():
     print(f"nanoR1 small: {ours.num_params() / 1e6:.1f}M params ({ours.num_params(active=True) / 1e6:.1f}M active); "
           f"HF Mixtral: {hf_total / 1e6:.1f}M params")
 
-    question = data.countdown_question([3, 7, 11], 54)
-    prompt = data.encode(data.make_prompt(question))
     new = 256
     rows = []
     for batch in (64, 256):
@@ -153,6 +201,7 @@ def main():
         print(f"{label:>11} | {tps:>10,.0f} | {dt * 1000:>8.1f} | {mfu:>6.1%}")
     print(f"nanoR1 vs HF: {results[0][1] / results[1][1]:.2f}x; routers take {router_ms:.2f} ms of a {fwd_ms:.2f} ms "
           f"forward ({router_ms / fwd_ms:.1%})")
+    attention_table(prompt)
 
 
 if __name__ == "__main__":
