@@ -187,7 +187,7 @@ class MLA(nn.Module):
         else:
             self.wq = nn.Linear(cfg.dim, cfg.n_heads * qk_dim, bias=False)
         self.wkv_a = nn.Linear(cfg.dim, self.rank + self.rope, bias=False)  # [W_DKV; W_KR] (eq. 1, 3)
-        self.kv_norm = RMSNorm(self.rank, cfg.norm_eps)
+        self.kv_norm = RMSNorm(self.rank, cfg.norm_eps)  # on the latent, as DeepSeek-V2 does (its sec. 3.1.2)
         self.wkv_b = nn.Linear(self.rank, cfg.n_heads * (self.nope + self.v_dim), bias=False)  # [W_UK; W_UV] per head
         self.wo = nn.Linear(cfg.n_heads * self.v_dim, cfg.dim, bias=False)
         self.scale = qk_dim ** -0.5  # eq. 10
@@ -205,7 +205,7 @@ class MLA(nn.Module):
             latent_all.index_copy_(2, slots, latent.to(latent_all.dtype))
             k_rope_all.index_copy_(2, slots, k_rope.to(k_rope_all.dtype))
             latent, k_rope = latent_all.to(q.dtype), k_rope_all.to(q.dtype)
-        if cache is not None and T == 1 and self.decode == "absorb":
+        if cache is not None and T == 1 and self.decode == "absorb":  # a decoding step: one new token per row
             y = self.absorbed(q_nope, q_rope, latent, k_rope, mask)
         else:
             y = self.naive(q_nope, q_rope, latent, k_rope, mask)
