@@ -104,13 +104,19 @@ def test_config_rejects_bad_attention_settings(overrides):
         make_config("tiny", **overrides)
 
 
-def test_mla_with_query_compression_runs_and_is_causal():
+def test_mla_with_query_compression_is_causal_and_trains_every_attention_weight():
     model = tiny_model(attention="mla", q_lora_rank=24)
     tokens = torch.randint(0, 512, (2, 12))
     changed = tokens.clone()
     changed[:, 8] = (changed[:, 8] + 1) % 512
     a, b = model(tokens), model(changed)
     assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6) and not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-3)
+    a.square().mean().backward()
+    names = [n for n, _ in model.layers[0].attn.named_parameters()]
+    assert {"wq_a.weight", "q_norm.weight", "wq_b.weight", "wkv_a.weight", "kv_norm.weight", "wkv_b.weight",
+            "wo.weight"} == set(names)
+    for layer in model.layers:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.attn.parameters())
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
