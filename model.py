@@ -11,6 +11,14 @@ A small Mixture-of-Experts transformer in the style of DeepSeek-V3 (arXiv:2412.1
 - The first `n_dense_layers` layers use a dense SwiGLU instead of experts (as V3 does).
 - A static-shape KV cache for decoding; rows may be left-padded (ragged prompts): padding is masked out of
   attention and each row's RoPE positions count only its real tokens.
+- Optional multi-head latent attention (`attention="mla"`; DeepSeek-V2 sec. 2.1, V3 sec. 2.1.1 eq. 1-11) in
+  place of standard multi-head attention ("mha", the default). Keys and values are up-projected from one shared
+  low-rank latent c_kv = W_DKV h (eq. 1-2, 5); position enters only through a small decoupled key k_R = RoPE(W_KR h),
+  shared by all heads, and matching query parts (eq. 3-4, 8-9); scores are scaled by 1/sqrt(d_nope + d_rope)
+  (eq. 10). Only c_kv and k_R are cached, so a token costs (d_c + d_R) values per layer instead of 2 * dim.
+  Training and prefill expand the latent to per-head keys and values ("naive"); a cached decoding step instead
+  absorbs W_UK into the query and W_UV into the output and attends over the latent directly ("absorb", V2 sec.
+  2.1.2), never materialising per-head keys and values of the whole cache.
 """
 
 import math
@@ -38,11 +46,37 @@ class ModelConfig:
     bias_update_rate: float = 1e-3  # gamma, the bias update speed of aux-loss-free balancing
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    attention: str = "mha"        # "mha" (multi-head attention) or "mla" (multi-head latent attention)
+    # MLA sizes, in DeepSeek-V2's proportions to the MHA head size d_h = dim / n_heads: latent 4 d_h, decoupled
+    # RoPE key d_h / 2, per-head keys and values d_h (V2 sec. 3.1.2)
+    kv_lora_rank: int = 256       # d_c, width of the cached latent c_kv
+    q_lora_rank: int = 0          # d_c', width of the query latent; 0 = queries straight from h (as V2-Lite)
+    qk_nope_head_dim: int = 64    # d_h, the part of each query/key head without position
+    qk_rope_head_dim: int = 32    # d_h^R, the decoupled RoPE part (the key's is shared by all heads)
+    v_head_dim: int = 64
+    mla_decode: str = "absorb"    # cached decoding steps: "absorb" (attend over the latent) or "naive"
+
+    def __post_init__(self):
+        if self.attention not in ("mha", "mla"):
+            raise ValueError(f"attention must be 'mha' or 'mla', got {self.attention!r}")
+        if self.attention == "mha" and (self.dim % self.n_heads or (self.dim // self.n_heads) % 2):
+            raise ValueError(f"mha needs dim ({self.dim}) divisible by n_heads ({self.n_heads}) into an even "
+                             "head size (RoPE rotates pairs)")
+        if self.attention == "mla":
+            sizes = dict(kv_lora_rank=self.kv_lora_rank, qk_nope_head_dim=self.qk_nope_head_dim,
+                         qk_rope_head_dim=self.qk_rope_head_dim, v_head_dim=self.v_head_dim)
+            if min(sizes.values()) < 1 or self.q_lora_rank < 0:
+                raise ValueError(f"mla needs positive {sizes} and q_lora_rank >= 0 (got {self.q_lora_rank})")
+            if self.qk_rope_head_dim % 2:
+                raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
+            if self.mla_decode not in ("absorb", "naive"):
+                raise ValueError(f"mla_decode must be 'absorb' or 'naive', got {self.mla_decode!r}")
 
 
 PRESETS = {
     "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, dense_hidden=128, n_routed_experts=4,
-                        n_activated_experts=2, moe_hidden=32),
+                        n_activated_experts=2, moe_hidden=32,
+                        kv_lora_rank=64, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
     "small": ModelConfig(),
 }
 
@@ -54,14 +88,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # in float32 (a no-op for the residual stream): MLA also normalises bf16 projections under autocast, and
+        # the fused kernel needs input and weight of one dtype
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
-def rope_tables(cfg: ModelConfig):
-    head_dim = cfg.dim // cfg.n_heads
-    freqs = 1.0 / (cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32), freqs)
-    return angles.cos(), angles.sin()  # [max_seq_len, head_dim / 2] each
+def rope_tables(head_dim, max_seq_len, theta):
+    """cos, sin [max_seq_len, head_dim / 2] for the vectors RoPE rotates: whole heads in MHA, only the
+    decoupled parts (qk_rope_head_dim) in MLA."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), freqs)
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
@@ -71,7 +108,7 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of rows, in fixed-size buffers.
+    """What attention needs of past tokens, for every layer and a batch of rows, in fixed-size buffers.
 
     Slot j of every row is written at the same decoding step; `valid[b, j]` says whether it holds a real token
     of row b (left padding and rows that already finished hold none), and `n_real[b]` counts row b's real
@@ -79,13 +116,22 @@ class KVCache:
     spans all slots of the buffers it is given (unfilled ones are masked), so a decoding step has static shapes
     and no host sync: it can be captured once as a CUDA graph and replayed (sample.py). `view` gives a cache
     over the first rows and slots of the same memory, so a decoder can attend only over the slots filled so far
-    and, after `keep_rows` has moved the unfinished rows to the front, run only those."""
+    and, after `keep_rows` has moved the unfinished rows to the front, run only those.
+
+    Every per-token buffer has the shape [n_layers, B, kv_heads, max_len, width]: MHA keeps keys `k` and values
+    `v` of each head; MLA keeps one latent `latent` and one RoPE key `k_rope`, shared by all heads (kv_heads 1)."""
 
     def __init__(self, cfg: ModelConfig, batch_size, max_len, device, dtype):
-        head_dim = cfg.dim // cfg.n_heads
-        shape = (cfg.n_layers, batch_size, cfg.n_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        def buffer(kv_heads, width):
+            return torch.zeros(cfg.n_layers, batch_size, kv_heads, max_len, width, device=device, dtype=dtype)
+
+        if cfg.attention == "mla":
+            self.latent, self.k_rope = buffer(1, cfg.kv_lora_rank), buffer(1, cfg.qk_rope_head_dim)
+            self.per_token_names = ("latent", "k_rope")
+        else:
+            head_dim = cfg.dim // cfg.n_heads
+            self.k, self.v = buffer(cfg.n_heads, head_dim), buffer(cfg.n_heads, head_dim)
+            self.per_token_names = ("k", "v")
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # slots filled so far
@@ -93,17 +139,30 @@ class KVCache:
     def view(self, rows, slots):
         """The same cache restricted to its first `rows` rows and `slots` slots (no copy)."""
         part = object.__new__(KVCache)
-        part.k, part.v = self.k[:, :rows, :, :slots], self.v[:, :rows, :, :slots]
+        part.per_token_names = self.per_token_names
+        for name, buf in self.per_token_buffers().items():
+            setattr(part, name, buf[:, :rows, :, :slots])
         part.valid, part.n_real, part.pos = self.valid[:rows, :slots], self.n_real[:rows], self.pos
         return part
 
     def keep_rows(self, order, slots):
         """Move rows `order` (a LongTensor) to the front, in that order; only the first `slots` slots matter."""
         n = len(order)
-        for buf in (self.k, self.v):
+        for buf in self.per_token_buffers().values():
             buf[:, :n, :, :slots] = buf[:, order, :, :slots]
         self.valid[:n, :slots] = self.valid[order, :slots]
         self.n_real[:n] = self.n_real[order]
+
+    def per_token_buffers(self):
+        """name -> buffer [n_layers, B, kv_heads, max_len, width]: rows on dim 1, slots on dim 3."""
+        return {name: getattr(self, name) for name in self.per_token_names}
+
+
+def kv_cache_bytes_per_token(cfg: ModelConfig, dtype=torch.bfloat16):
+    """KV-cache bytes one token takes over all layers: MHA caches a key and a value per head, 2 * dim values
+    per layer; MLA caches only the latent and the shared RoPE key, d_c + d_h^R values (V2 Table 1)."""
+    width = cfg.kv_lora_rank + cfg.qk_rope_head_dim if cfg.attention == "mla" else 2 * cfg.dim
+    return cfg.n_layers * width * torch.finfo(dtype).bits // 8
 
 
 class Attention(nn.Module):
@@ -127,6 +186,73 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLA(nn.Module):
+    """Multi-head latent attention (V3 eq. 1-11). Same interface as `Attention`; its cache is the latent."""
+
+    def __init__(self, cfg: ModelConfig, layer_id):
+        super().__init__()
+        self.layer_id, self.n_heads, self.decode = layer_id, cfg.n_heads, cfg.mla_decode
+        self.q_lora_rank = cfg.q_lora_rank
+        self.rank, self.nope, self.rope, self.v_dim = (cfg.kv_lora_rank, cfg.qk_nope_head_dim,
+                                                      cfg.qk_rope_head_dim, cfg.v_head_dim)
+        qk_dim = self.nope + self.rope
+        if self.q_lora_rank:  # low-rank queries (eq. 6-7), with an RMSNorm on their latent as DeepSeek's models have
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, cfg.n_heads * qk_dim, bias=False)
+        else:
+            self.wq = nn.Linear(cfg.dim, cfg.n_heads * qk_dim, bias=False)
+        self.wkv_a = nn.Linear(cfg.dim, self.rank + self.rope, bias=False)  # [W_DKV; W_KR] (eq. 1, 3)
+        self.kv_norm = RMSNorm(self.rank, cfg.norm_eps)  # on the latent, as DeepSeek-V2 does (its sec. 3.1.2)
+        self.wkv_b = nn.Linear(self.rank, cfg.n_heads * (self.nope + self.v_dim), bias=False)  # [W_UK; W_UV] per head
+        self.wo = nn.Linear(cfg.n_heads * self.v_dim, cfg.dim, bias=False)
+        self.scale = qk_dim ** -0.5  # eq. 10
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, slots):
+        B, T, _ = x.shape
+        H = self.n_heads
+        q = self.wq_b(self.q_norm(self.wq_a(x))) if self.q_lora_rank else self.wq(x)
+        q_nope, q_rope = q.view(B, T, H, self.nope + self.rope).transpose(1, 2).split([self.nope, self.rope], -1)
+        q_rope = apply_rope(q_rope, cos, sin)
+        latent, k_rope = self.wkv_a(x)[:, None].split([self.rank, self.rope], -1)  # [B, 1, T, .]: one "kv head"
+        latent, k_rope = self.kv_norm(latent), apply_rope(k_rope, cos, sin)
+        if cache is not None:
+            latent_all, k_rope_all = cache.latent[self.layer_id], cache.k_rope[self.layer_id]
+            latent_all.index_copy_(2, slots, latent.to(latent_all.dtype))
+            k_rope_all.index_copy_(2, slots, k_rope.to(k_rope_all.dtype))
+            latent, k_rope = latent_all.to(q.dtype), k_rope_all.to(q.dtype)
+        if cache is not None and T == 1 and self.decode == "absorb":  # a decoding step: one new token per row
+            y = self.absorbed(q_nope, q_rope, latent, k_rope, mask)
+        else:
+            y = self.naive(q_nope, q_rope, latent, k_rope, mask)
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+    def naive(self, q_nope, q_rope, latent, k_rope, mask):
+        """Expand the latent of every key slot to per-head keys and values (eq. 2, 4, 5), then plain attention."""
+        B, _, S, _ = latent.shape
+        kv = self.wkv_b(latent[:, 0]).view(B, S, self.n_heads, self.nope + self.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([self.nope, self.v_dim], -1)
+        q = torch.cat([q_nope, q_rope], -1)
+        k = torch.cat([k_nope, k_rope.expand(-1, self.n_heads, -1, -1)], -1)
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+    def absorbed(self, q_nope, q_rope, latent, k_rope, mask):
+        """The same attention without per-head keys and values: q_nope . (W_UK c) = (W_UK^T q_nope) . c, and
+        sum_j p_j (W_UV c_j) = W_UV (sum_j p_j c_j). Every head attends over the one cached latent, like
+        multi-query attention with head size d_c + d_h^R; cheap when few queries meet many cached slots."""
+        w_kv = self.wkv_b.weight.to(q_nope.dtype).view(self.n_heads, self.nope + self.v_dim, self.rank)
+        w_uk, w_uv = w_kv.split([self.nope, self.v_dim], 1)                          # [H, d_nope, d_c], [H, d_v, d_c]
+        latent, k_rope = latent[:, 0], k_rope[:, 0]                                   # [B, S, .]
+        # einsum keeps each product one batched matmul (batch b or h), never copying the cache per head
+        q_latent = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
+        scores = (torch.einsum("bhtc,bsc->bhts", q_latent, latent)
+                  + torch.einsum("bhtr,bsr->bhts", q_rope, k_rope)) * self.scale
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).type_as(latent)
+        return torch.einsum("bhtc,hvc->bhtv", torch.einsum("bhts,bsc->bhtc", probs, latent), w_uv)
 
 
 class SwiGLU(nn.Module):
@@ -232,7 +358,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id):
         super().__init__()
         self.attn_norm, self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps), RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg, layer_id)
+        self.attn = MLA(cfg, layer_id) if cfg.attention == "mla" else Attention(cfg, layer_id)
         self.ffn = SwiGLU(cfg.dim, cfg.dense_hidden) if layer_id < cfg.n_dense_layers else MoE(cfg)
 
     def forward(self, x, cos, sin, mask, cache, slots):
@@ -248,7 +374,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg)
+        rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.dim // cfg.n_heads
+        cos, sin = rope_tables(rope_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()

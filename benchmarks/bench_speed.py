@@ -1,7 +1,13 @@
 """
-Speed of rollouts and training for the default model, side by side with Hugging Face transformers.
+Speed of rollouts and training for the default model, against the HBM bound and side by side with Hugging Face.
 
-    python benchmarks/bench_speed.py            # on a GPU; prints two tables
+    python benchmarks/bench_speed.py --old-tree DIR   # on a GPU; DIR: a checkout of an earlier commit to time too
+    python benchmarks/bench_speed.py --only-rollouts  # only the RL-workload table (no transformers needed)
+
+Rollouts on the RL workload: one RL step's rollout batch (64 training prompts x 8) decoded to the response lengths
+recorded from a trained policy (benchmarks/rl_lengths.json, written by --record-lengths CKPT), timed beside the
+least HBM traffic such a decode needs, for the small preset with multi-head attention (MHA) and with multi-head
+latent attention (MLA, absorbed decode; model.py), and for an earlier commit's sample.generate.
 
 Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Countdown prompts at batch 64 and 256,
 for (1) sample.generate (static KV cache, bf16, CUDA-graph decoding), (2) the same model without a cache (a full
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from model import Transformer, make_config  # noqa: E402
+from model import Transformer, kv_cache_bytes_per_token, make_config  # noqa: E402
 from sample import Decoder, generate  # noqa: E402
 from checkpoint import git_commit, load_checkpoint  # noqa: E402
 
@@ -90,10 +96,6 @@ def record_lengths(ckpt, prompts, max_new_tokens=512):
     return record
 
 
-def kv_bytes_per_position(cfg, bytes_per_value=2):
-    return 2 * cfg.n_layers * cfg.dim * bytes_per_value  # keys and values of every layer
-
-
 def hbm_bound_seconds(model, prompts, lengths, bandwidth):
     """The least HBM traffic of decoding `lengths[i]` tokens after `prompts[i]`, over the bandwidth: at every
     decoding step the weights once (bf16; of the routed experts, those the live rows can reach) and the keys and
@@ -102,7 +104,7 @@ def hbm_bound_seconds(model, prompts, lengths, bandwidth):
     per_expert = 3 * cfg.dim * cfg.moe_hidden
     n_moe, E, k = len(model.gates()), cfg.n_routed_experts, cfg.n_activated_experts
     all_but_routed = model.num_params() - n_moe * E * per_expert
-    kv = kv_bytes_per_position(cfg)
+    kv = kv_cache_bytes_per_token(cfg)
     total = 0
     for t in range(1, max(lengths)):
         live = [i for i, n in enumerate(lengths) if n > t]
@@ -136,37 +138,44 @@ print(sorted(times)[1])
 """
 
 
+ATTENTION_VARIANTS = {"MHA": dict(attention="mha"), "MLA": dict(attention="mla", mla_decode="absorb")}
+
+
 def rollout_roofline(old_tree=None):
     record = json.load(open(LENGTHS_FILE))
     lengths = record["lengths"]
     prompts = rl_prompts()
     assert len(prompts) == len(lengths)
-    torch.manual_seed(0)
-    model = Transformer(make_config("small")).cuda()
     bandwidth = measure_bandwidth()
-    bound = hbm_bound_seconds(model, prompts, lengths, bandwidth)
     print(f"\nRollouts on the RL workload: {len(prompts)} rows, response lengths recorded from {record['checkpoint']} "
           f"at {record['commit']} (mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}); copy bandwidth "
           f"{bandwidth / 1e12:.2f} TB/s")
     rows = []
-    for label in ("Decoder",):
+    for label, overrides in ATTENTION_VARIANTS.items():
+        torch.manual_seed(0)
+        model = Transformer(make_config("small", **overrides)).cuda()
         decoder = Decoder(model)
         t0 = time.perf_counter()
         decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])  # first call: captures the graphs
         first = time.perf_counter() - t0
-        rows.append((label, timed(lambda: decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])), first))
-        print(f"{label}: {rows[-1][1]:.3f} s per rollout (first call {first:.1f} s)", flush=True)
-    if old_tree:  # the previous commit's sample.generate: every row decodes until the longest is done
+        dt = timed(lambda: decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[]))
+        rows.append((f"Decoder, {label}", kv_cache_bytes_per_token(model.cfg), dt,
+                     hbm_bound_seconds(model, prompts, lengths, bandwidth), first))
+        print(f"{rows[-1][0]}: {dt:.3f} s per rollout (first call {first:.1f} s)", flush=True)
+        del decoder, model
+    if old_tree:  # the earlier commit's sample.generate: every row decodes until the longest is done
         arg = ",".join(" ".join(map(str, p)) for p in prompts)
         out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT, str(max(lengths))], input=arg, cwd=old_tree,
                              capture_output=True, text=True, check=True).stdout
-        rows.append((f"generate at {os.path.basename(os.path.abspath(old_tree))}", float(out.split()[-1]), None))
-    print(f"{'decoder':>28} | {'s per rollout':>13} | {'x HBM bound':>11} | {'first call s':>12}")
-    print(f"{'HBM bound':>28} | {bound:>13.3f} | {1:>11.2f} |")
-    for label, dt, first in rows:
-        print(f"{label:>28} | {dt:>13.3f} | {dt / bound:>11.2f} | {first if first else float('nan'):>12.1f}")
+        rows.append((f"generate at {os.path.basename(os.path.abspath(old_tree))}, MHA", rows[0][1], float(out.split()[-1]),
+                     rows[0][3], None))
+    print(f"{'decoder':>28} | {'KV B/token':>10} | {'s per rollout':>13} | {'HBM bound s':>11} | {'x bound':>7} | "
+          f"{'first call s':>12}")
+    for label, kv, dt, bound, first in rows:
+        print(f"{label:>28} | {kv:>10,} | {dt:>13.3f} | {bound:>11.3f} | {dt / bound:>7.2f} | "
+              f"{first if first else float('nan'):>12.1f}")
     if old_tree:
-        print(f"speed-up over the previous commit: {rows[-1][1] / rows[0][1]:.1f}x")
+        print(f"MHA speed-up over the earlier commit: {rows[-1][2] / rows[0][2]:.1f}x")
 
 
 def main():

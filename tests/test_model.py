@@ -1,6 +1,9 @@
+import pytest
 import torch
 
-from model import Transformer, make_config
+from model import KVCache, Transformer, kv_cache_bytes_per_token, make_config
+
+ATTENTION = ["mha", "mla"]
 
 
 def tiny_model(seed=0, **overrides):
@@ -8,17 +11,19 @@ def tiny_model(seed=0, **overrides):
     return Transformer(make_config("tiny", **overrides))
 
 
-def test_forward_shape_and_param_counts():
-    model = tiny_model()
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_forward_shape_and_param_counts(attention):
+    model = tiny_model(attention=attention)
     logits = model(torch.randint(0, 512, (2, 9)))
     assert logits.shape == (2, 9, model.cfg.vocab_size) and logits.dtype == torch.float32
     assert model.num_params(active=True) < model.num_params()
-    small = Transformer(make_config("small"))
+    small = Transformer(make_config("small", attention=attention))
     assert 10e6 < small.num_params() < 100e6  # "tens of millions"
 
 
-def test_causal():
-    model = tiny_model()
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_causal(attention):
+    model = tiny_model(attention=attention)
     tokens = torch.randint(0, 512, (3, 16))
     changed = tokens.clone()
     changed[:, 10] = (changed[:, 10] + 1) % 512
@@ -27,8 +32,9 @@ def test_causal():
     assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)
 
 
-def test_left_padding_matches_unpadded():
-    model = tiny_model()
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_left_padding_matches_unpadded(attention):
+    model = tiny_model(attention=attention)
     row = torch.randint(0, 512, (1, 7))
     padded = torch.cat([torch.full((1, 4), 3), row], dim=1)
     mask = torch.cat([torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 7, dtype=torch.bool)], dim=1)
@@ -104,3 +110,84 @@ def test_packed_segments_match_each_example_alone():
     assert torch.isfinite(packed).all()
     # the same row without segments is plain causal: later examples then differ
     assert not torch.allclose(model(row)[0, 8:20], packed[8:20], atol=1e-3)
+
+
+@pytest.mark.parametrize("overrides", [dict(attention="gqa"), dict(n_heads=5), dict(attention="mla", kv_lora_rank=0),
+                                       dict(attention="mla", qk_rope_head_dim=7),
+                                       dict(attention="mla", q_lora_rank=-1),
+                                       dict(attention="mla", mla_decode="fast")])
+def test_config_rejects_bad_attention_settings(overrides):
+    with pytest.raises(ValueError):
+        make_config("tiny", **overrides)
+
+
+def test_mla_with_query_compression_is_causal_and_trains_every_attention_weight():
+    model = tiny_model(attention="mla", q_lora_rank=24)
+    tokens = torch.randint(0, 512, (2, 12))
+    changed = tokens.clone()
+    changed[:, 8] = (changed[:, 8] + 1) % 512
+    a, b = model(tokens), model(changed)
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6) and not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-3)
+    a.square().mean().backward()
+    names = [n for n, _ in model.layers[0].attn.named_parameters()]
+    assert {"wq_a.weight", "q_norm.weight", "wq_b.weight", "wkv_a.weight", "kv_norm.weight", "wkv_b.weight",
+            "wo.weight"} == set(names)
+    for layer in model.layers:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.attn.parameters())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_kv_cache_bytes_per_token_matches_the_cache_and_mla_is_smaller(preset):
+    per_token = {}
+    for attention in ATTENTION:
+        cfg = make_config(preset, attention=attention)
+        cache = KVCache(cfg, batch_size=3, max_len=5, device="meta", dtype=torch.bfloat16)
+        buffers = cache.per_token_buffers().values()
+        assert all(b.shape[:2] == (cfg.n_layers, 3) and b.shape[3] == 5 for b in buffers)
+        per_token[attention] = kv_cache_bytes_per_token(cfg)
+        assert per_token[attention] * 3 * 5 == sum(b.numel() * b.element_size() for b in buffers)
+    assert per_token["mla"] < per_token["mha"]
+
+
+def decode_logits(model, prompts, steps, dtype=torch.float32):
+    """Logits of a cached prefill of left-padded ragged prompts, then of `steps` cached single-token steps on
+    fixed tokens (row 1 turns into padding after two steps, as a finished row does), and the same logits from
+    one uncached forward over the whole padded sequence."""
+    B, P = len(prompts), max(map(len, prompts))
+    tokens = torch.zeros(B, P + steps, dtype=torch.long)
+    real = torch.zeros(B, P + steps, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):P] = torch.tensor(p)
+        real[i, P - len(p):P] = True
+    tokens[:, P:] = torch.randint(0, 512, (B, steps), generator=torch.Generator().manual_seed(1))
+    real[:, P:] = True
+    real[1, P + 2:] = False
+    cache = KVCache(model.cfg, B, P + steps, "cpu", dtype)
+    cached = [model(tokens[:, :P], pad_mask=real[:, :P], cache=cache)[:, -1]]
+    for t in range(P, P + steps - 1):
+        cached.append(model(tokens[:, t:t + 1], pad_mask=real[:, t:t + 1], cache=cache)[:, -1])
+    full = model(tokens, pad_mask=real)[:, P - 1:-1]
+    keep = real[:, P - 1:-1]  # a padding position's logits mean nothing
+    return torch.stack(cached, 1)[keep], full[keep]
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_mla_absorbed_decode_equals_naive_decode_and_the_uncached_forward():
+    torch.manual_seed(0)
+    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (5, 9, 1)]
+    absorb = tiny_model(attention="mla").eval()
+    naive = Transformer(make_config("tiny", attention="mla", mla_decode="naive")).eval()
+    naive.load_state_dict(absorb.state_dict())
+    with torch.no_grad():
+        a, full = decode_logits(absorb, prompts, steps=6)
+        n, _ = decode_logits(naive, prompts, steps=6)
+    assert rel_err(a, n) < 1e-5 and rel_err(a, full) < 1e-5 and rel_err(n, full) < 1e-5
+    # under bf16 autocast with a bf16 cache (how sample.py decodes on a GPU) the two paths round differently,
+    # but both stay within bf16 rounding of the float32 logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        a16, _ = decode_logits(absorb, prompts, steps=6, dtype=torch.bfloat16)
+        n16, _ = decode_logits(naive, prompts, steps=6, dtype=torch.bfloat16)
+    assert rel_err(a16, n16) < 2e-2 and rel_err(a16, full) < 2e-2 and rel_err(n16, full) < 2e-2
