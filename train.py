@@ -38,7 +38,7 @@ from sample import generate
 
 @dataclass
 class TrainConfig:
-    preset: str = "small"               # model preset: tiny (CPU tests) or small (one GPU)
+    preset: str = "small"               # model preset: tiny (CPU tests), small (one GPU), medium (several)
     out_dir: str = "out"
     seed: int = 0
     device: str = "auto"                # auto: cuda if available, else cpu

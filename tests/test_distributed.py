@@ -82,7 +82,12 @@ def assert_same(a, b):
 def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    single = train_steps()  # this process: no process group, world size 1, the whole batch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: on a shared 2-core machine more threads only contend
+    try:
+        single = train_steps()  # this process: no process group, world size 1, the whole batch
+    finally:
+        torch.set_num_threads(threads)
     for key in ["pretrain", *LOSS_AGG_MODES]:
         loss, weights, grads = single[key]
         for rank in ranks:
@@ -95,9 +100,13 @@ def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
     assert not torch.equal(single["token-mean"][1]["head.weight"], fresh_model().state_dict()["head.weight"])
 
 
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own default for several processes per machine
+
+
 def torchrun(args, nproc=2, timeout=240):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(nproc), "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                           str(nproc), "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=ONE_THREAD)
 
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "10", "--pretrain-batch-size", "4",
@@ -109,7 +118,7 @@ TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "10", "--pret
 def test_two_ranks_resume_a_one_rank_run(tmp_path):
     out = str(tmp_path / "run")
     one = subprocess.run([sys.executable, "train.py", *TINY, "--out-dir", out, "--rl-steps", "1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, env=ONE_THREAD)
     assert one.returncode == 0, one.stdout + one.stderr
     two = torchrun([*TINY, "--out-dir", out, "--rl-steps", "3", "--resume"])
     assert two.returncode == 0, two.stdout + two.stderr
