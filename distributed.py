@@ -96,11 +96,6 @@ def cleanup():
         dist.destroy_process_group()
 
 
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def wrap(model):
     """The module to run forward and backward through for gradients: DDP over several processes, else the
     model itself. Generation, checkpoints and no-grad passes use the plain model (its state_dict has no
