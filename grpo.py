@@ -200,7 +200,7 @@ class GRPOConfig:
     scale_std: bool = True            # False: Dr. GRPO advantages (no division by the group's std)
     format_weight: float = 0.1        # reward = accuracy + format_weight * format
     max_grad_norm: float = 1.0
-    rollout_batch_size: int = 512     # rows decoded together
+    rollout_batch_size: int = 512     # rows decoded together (by each rank)
 
     def validate(self):
         if self.group_size < 2:
