@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
+import distributed
 from data import encode, get_tokenizer, make_prompt
 from kernels import token_logprobs
 from rewards import score
@@ -97,7 +98,7 @@ def group_advantages(rewards, scale_std=True, eps=1e-6):
     return adv.masked_fill(all_equal, 0.0)
 
 
-def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=None):
+def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=None, n_total=None):
     """
     Reduce per-token losses [N, T] to a scalar over the tokens where mask [N, T] is set. Sequences with no
     valid tokens contribute 0 (never NaN) and still count in the seq-mean modes' 1/N.
@@ -106,21 +107,25 @@ def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=
     "token-mean":              1/sum_i|o_i| sum_i sum_t   DAPO (sec. 3.3): each token weighs the same
     "seq-mean-token-sum-norm": 1/N sum_i 1/max_len sum_t  Dr. GRPO: a constant instead of |o_i|; pass the
                                generation budget as max_len (default T, which changes with the batch's padding)
+
+    n_total replaces the outer divisor (sum_i|o_i| for "token-mean", N otherwise) when this batch is one rank's
+    share of a larger one (data parallel): the whole batch's count makes the ranks' losses add up to its loss.
     """
     mask = mask.bool()
     loss_tok = torch.where(mask, loss_tok, 0.0)
-    if loss_agg_mode == "seq-mean-token-mean":
-        return (loss_tok.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     if loss_agg_mode == "token-mean":
-        return loss_tok.sum() / mask.sum().clamp(min=1)
-    if loss_agg_mode == "seq-mean-token-sum-norm":
-        max_len = loss_tok.shape[-1] if max_len is None else max_len
-        return (loss_tok.sum(-1) / max_len).mean()
-    raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}, expected one of {LOSS_AGG_MODES}")
+        return loss_tok.sum() / (mask.sum().clamp(min=1) if n_total is None else n_total)
+    if loss_agg_mode == "seq-mean-token-mean":
+        per_seq = loss_tok.sum(-1) / mask.sum(-1).clamp(min=1)
+    elif loss_agg_mode == "seq-mean-token-sum-norm":
+        per_seq = loss_tok.sum(-1) / (loss_tok.shape[-1] if max_len is None else max_len)
+    else:
+        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}, expected one of {LOSS_AGG_MODES}")
+    return per_seq.mean() if n_total is None else per_seq.sum() / n_total
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip_eps_high=0.2,
-              kl_beta=0.0, loss_agg_mode="seq-mean-token-mean", max_len=None):
+              kl_beta=0.0, loss_agg_mode="seq-mean-token-mean", max_len=None, n_total=None):
     """
     The GRPO loss, -J(theta) of DeepSeekMath eq. 3, with DAPO's decoupled clip and a choice of aggregation.
 
@@ -130,6 +135,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
     advantages [N]    one per sequence, shared by all its tokens (see group_advantages)
     mask       [N, T] 1 (or True) on the response tokens that count, 0 on prompt and padding
     max_len    the constant of "seq-mean-token-sum-norm" (see aggregate_loss)
+    n_total    the whole batch's token (or sequence) count when this is one rank's share of it (aggregate_loss)
 
     Returns (loss, stats). stats holds detached 0-d tensors (no host sync; .item() them to log):
       pg_loss     the clipped policy-gradient part of the loss alone, aggregated like the loss
@@ -162,12 +168,12 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
         kl_tok = torch.exp(log_ref_ratio) - log_ref_ratio - 1
         if kl_beta != 0:
             loss_tok = pg_tok + kl_beta * kl_tok  # inside the token average, as in eq. 3
-    loss = aggregate_loss(loss_tok, mask, loss_agg_mode, max_len)
+    loss = aggregate_loss(loss_tok, mask, loss_agg_mode, max_len, n_total)
 
     with torch.no_grad():
         silenced = ((ratio > 1 + clip_eps_high) & (A > 0)) | ((ratio < 1 - clip_eps_low) & (A < 0))
         stats = {
-            "pg_loss": aggregate_loss(pg_tok, mask, loss_agg_mode, max_len),
+            "pg_loss": aggregate_loss(pg_tok, mask, loss_agg_mode, max_len, n_total),
             "kl": masked_mean(kl_tok, mask) if kl_tok is not None else logp.new_zeros(()),
             "clip_frac": masked_mean(silenced.to(logp.dtype), mask),
             "ratio_mean": masked_mean(ratio, mask),
@@ -194,7 +200,7 @@ class GRPOConfig:
     scale_std: bool = True            # False: Dr. GRPO advantages (no division by the group's std)
     format_weight: float = 0.1        # reward = accuracy + format_weight * format
     max_grad_norm: float = 1.0
-    rollout_batch_size: int = 512     # rows decoded together
+    rollout_batch_size: int = 512     # rows decoded together (by each rank)
 
     def validate(self):
         if self.group_size < 2:
@@ -214,12 +220,13 @@ class GRPOConfig:
             raise ValueError(f"--rl-loss-agg-mode must be one of {LOSS_AGG_MODES}")
 
 
-def pack_sequences(prompts, completions, pad_id):
+def pack_sequences(prompts, completions, pad_id, widths=None):
     """Lay out prompt + completion rows for one training forward pass: prompts left-padded to a common
     length (so every completion starts at the same column), completions right-padded.
+    widths: (prompt, completion) widths to pad to, at least the longest of each (the default).
     Returns tokens [N, L], real [N, L] (True for non-padding) and response [N, L] (True on completion tokens)."""
-    P = max(len(p) for p in prompts)
-    L = P + max(len(c) for c in completions)
+    P, C = widths or (max(len(p) for p in prompts), max(len(c) for c in completions))
+    L = P + C
     tokens = torch.full((len(prompts), L), pad_id, dtype=torch.long)
     real = torch.zeros(len(prompts), L, dtype=torch.bool)
     response = torch.zeros_like(real)
@@ -230,12 +237,30 @@ def pack_sequences(prompts, completions, pad_id):
     return tokens, real, response
 
 
+def minibatch_rows(n_prompts, G, minibatches, generator):
+    """Split this rank's n_prompts x G rollouts (laid out group by group) into minibatches: minibatch j takes
+    the samples at positions j, j + minibatches, ... of a random order of each group. Every rank draws the
+    order of all ranks' groups from the same generator state and keeps its own, so each rank's minibatch is
+    its share of one global minibatch, equal in size on every rank, and the split of the global batch does
+    not depend on how many ranks share it (a G-sample group's samples are i.i.d., so it loses nothing against
+    a shuffle of the whole batch). Returns one index tensor per non-empty minibatch."""
+    W, r = distributed.world_size(), distributed.rank()
+    keys = torch.rand(n_prompts * W, G, generator=generator)[r * n_prompts:(r + 1) * n_prompts]
+    order = keys.argsort(dim=1) + G * torch.arange(n_prompts)[:, None]  # row ids, each group shuffled
+    return [order[:, j::minibatches].flatten() for j in range(min(minibatches, G))]
+
+
 class GRPOTrainer:
     """Owns the policy's optimizer and the frozen reference; `step(rows)` is one GRPO iteration.
-    reward_fn(text, row, format_weight) scores one response (default: rewards.score)."""
+    reward_fn(text, row, format_weight) scores one response (default: rewards.score).
 
-    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score):
+    Data parallel (distributed.py): each rank decodes and scores whole prompt groups of its own, so advantages
+    need no communication; the loss is normalised by the whole batch's counts and gradients are averaged by
+    DDP, so an update equals one process's on all ranks' rollouts together."""
+
+    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score, seed=0):
         self.model, self.cfg, self.device, self.reward_fn = model, cfg, device, reward_fn
+        self.train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged
         self.ref = None
         if cfg.kl_beta > 0:  # the reference is the policy as RL found it (the base model), frozen
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -243,14 +268,18 @@ class GRPOTrainer:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.pad_id = pad_token_id()
         self.decoder = Decoder(model)  # keeps its CUDA graphs and KV cache from one step to the next
+        self.split_rng = torch.Generator().manual_seed(seed)  # minibatch splits; the same on every rank
 
     def state_dict(self):
-        return {"opt": self.opt.state_dict(), "ref": self.ref.state_dict() if self.ref is not None else None}
+        return {"opt": self.opt.state_dict(), "ref": self.ref.state_dict() if self.ref is not None else None,
+                "split_rng": self.split_rng.get_state()}
 
     def load_state_dict(self, state):
         self.opt.load_state_dict(state["opt"])
         if self.ref is not None and state["ref"] is not None:
             self.ref.load_state_dict(state["ref"])
+        if "split_rng" in state:  # absent from checkpoints written before data parallelism
+            self.split_rng.set_state(state["split_rng"])
 
     def token_logprobs(self, model, tokens, real, response, return_entropy=False):
         """log π(token | prefix) for every position of the completion region, [N, L-1] (0 elsewhere)."""
@@ -259,28 +288,73 @@ class GRPOTrainer:
         return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
                               return_entropy=return_entropy)
 
-    def step(self, rows):
-        """rows: a list of task dicts (data.py). Returns (stats, aha_examples)."""
-        cfg, model, enc = self.cfg, self.model, get_tokenizer()
-        G = cfg.group_size
-
-        # 1. Rollouts: G samples per prompt from the current policy (KV cache, eval mode, no grad)
-        t0 = time.time()
-        prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(G)]
+    def rollout(self, rows):
+        """G samples per prompt from the current policy (KV cache, eval mode, no grad).
+        Returns prompts and completions (token-id lists), G consecutive rows per prompt."""
+        cfg = self.cfg
+        prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(cfg.group_size)]
         completions = []
         for i in range(0, len(prompts), cfg.rollout_batch_size):
             completions += self.decoder.generate(prompts[i:i + cfg.rollout_batch_size], cfg.max_new_tokens,
                                                  cfg.temperature)
+        return prompts, completions
+
+    def step(self, rows):
+        """rows: this rank's prompts, a list of task dicts (data.py). Returns (stats over all ranks, this rank's
+        aha examples)."""
+        cfg, enc, G = self.cfg, get_tokenizer(), self.cfg.group_size
+
+        # 1. Rollouts
+        t0 = time.time()
+        prompts, completions = self.rollout(rows)
         texts = ["<think>" + enc.decode(c) for c in completions]
         t_rollout = time.time() - t0
 
-        # 2. Rule-based rewards and group-relative advantages
+        # 2. Rule-based rewards, then the update on them
         scores = [self.reward_fn(text, rows[i // G], cfg.format_weight) for i, text in enumerate(texts)]
         reward = torch.tensor([s.total for s in scores]).view(len(rows), G)
+        t1 = time.time()
+        summary = self.update(prompts, completions, reward)
+        t_train = time.time() - t1
+
+        # 3. Rollout statistics over all ranks (each rank holds the same number of rollouts: means average)
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
+        accuracy = torch.tensor([s.accuracy for s in scores])
+        reflections = torch.tensor([float(s.reflections) for s in scores])
+        summary.update(distributed.all_reduce_metrics(dict(
+            reward=reward.mean().item(), accuracy=accuracy.mean().item(),
+            format=sum(s.format for s in scores) / len(scores), response_len_mean=lengths.mean().item(),
+            reflection_rate=reflections.mean().item(),
+            groups_with_signal=(reward.std(1) > 0).float().mean().item()), "mean"))
+        summary.update(distributed.all_reduce_metrics(dict(
+            response_len_max=lengths.max().item(), rollout_s=t_rollout, train_s=t_train), "max"))
+        totals = distributed.all_reduce_metrics(dict(
+            tokens=lengths.sum().item(), correct=accuracy.sum().item(),
+            reflections_correct=reflections[accuracy == 1].sum().item()), "sum")
+        summary.update(
+            reflection_rate_correct=totals["reflections_correct"] / totals["correct"] if totals["correct"] else 0.0,
+            rollout_tokens_per_s=totals["tokens"] / summary["rollout_s"])
+        # "aha" examples: the model said "wait", tried again, and ended correct
+        aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
+               for i in range(len(texts)) if scores[i].accuracy == 1 and "wait" in texts[i].lower()][:2]
+        return summary, aha
+
+    def update(self, prompts, completions, reward):
+        """One GRPO update on given rollouts: prompts and completions (token-id lists, G consecutive rows per
+        prompt) and their rewards [n_prompts, G]. Advantages, then the behaviour and reference log-probs, then
+        μ passes of minibatch steps on the clipped objective. Returns the loss statistics averaged over those
+        steps and reduced over ranks."""
+        cfg, model, W = self.cfg, self.model, distributed.world_size()
         advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
 
-        # 3. Log-probs of the behaviour policy (old) and the reference, before any update
-        tokens, real, response = (t.to(self.device) for t in pack_sequences(prompts, completions, self.pad_id))
+        # log-probs of the behaviour policy (old) and the reference, before any update. Every rank pads to the
+        # longest prompt and completion of all ranks: the ranks' rows are then exactly one process's rows, padding
+        # included (padding tokens pass through the routers and count in their load).
+        widths = [max(len(p) for p in prompts), max(len(c) for c in completions)]
+        if W > 1:
+            widths = [int(w) for w in distributed.all_reduce_([torch.tensor(widths, device=self.device)], "max")[0]]
+        packed = pack_sequences(prompts, completions, self.pad_id, widths)
+        tokens, real, response = (t.to(self.device) for t in packed)
         mask = response[:, 1:]
         with torch.no_grad():
             model.eval()
@@ -288,44 +362,42 @@ class GRPOTrainer:
             ref_logp = self.token_logprobs(self.ref, tokens, real, response) if self.ref is not None else None
             model.train()
 
-        # 4. μ passes of minibatch updates on the clipped objective
-        t1, n = time.time(), len(prompts)
         logs = []
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(n, device=self.device).chunk(cfg.minibatches):
-                logp, entropy = self.token_logprobs(model, tokens[idx], real[idx], response[idx],
+            minibatches = [idx.to(self.device) for idx in
+                           minibatch_rows(len(reward), cfg.group_size, cfg.minibatches, self.split_rng)]
+            n_totals = [None] * len(minibatches)
+            if W > 1:  # what each global minibatch's loss divides by: its tokens, or its sequences
+                counts = torch.stack([mask[idx].sum() if cfg.loss_agg_mode == "token-mean" else idx.new_tensor(
+                    len(idx)) for idx in minibatches]).double()
+                n_totals = distributed.all_reduce_([counts])[0].tolist()
+            for idx, n_total in zip(minibatches, n_totals):
+                logp, entropy = self.token_logprobs(self.train_model, tokens[idx], real[idx], response[idx],
                                                     return_entropy=True)
                 loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
                                         advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
-                                        cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens)
+                                        cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens, n_total=n_total)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"GRPO loss is {loss.item()}; lower --rl-lr")
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # This rank's loss is its share of the global minibatch's; DDP averages gradients over the W
+                # ranks, so W x the share gives the gradient of the global loss.
+                (loss * W if W > 1 else loss).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.opt.step()
+                distributed.sum_router_load(model)
                 router = model.router_stats()
                 model.update_router_bias()
                 stats.update(loss=loss.item(), grad_norm=grad_norm.item(),
                              entropy=masked_mean(entropy, mask[idx]).item(),
                              router_max_over_mean=sum(router) / len(router) if router else None)
                 logs.append(stats)
-        t_train = time.time() - t1
 
-        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
-        accuracy = torch.tensor([s.accuracy for s in scores])
-        reflections = torch.tensor([float(s.reflections) for s in scores])
         summary = {key: float(sum(float(s[key]) for s in logs) / len(logs))
                    for key in logs[0] if logs[0][key] is not None}
-        summary.update(
-            reward=reward.mean().item(), accuracy=accuracy.mean().item(),
-            format=sum(s.format for s in scores) / n,
-            response_len_mean=lengths.mean().item(), response_len_max=lengths.max().item(),
-            reflection_rate=reflections.mean().item(),
-            reflection_rate_correct=reflections[accuracy == 1].mean().item() if accuracy.any() else 0.0,
-            groups_with_signal=(reward.std(1) > 0).float().mean().item(),
-            rollout_s=t_rollout, train_s=t_train, rollout_tokens_per_s=lengths.sum().item() / t_rollout)
-        # "aha" examples: the model said "wait", tried again, and ended correct
-        aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
-               for i in range(n) if scores[i].accuracy == 1 and "wait" in texts[i].lower()][:2]
-        return summary, aha
+        # loss and pg_loss are shares of the global loss: they add up; the other statistics are per-rank means
+        reduce_op = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}
+        for op in ("sum", "max", "mean"):
+            part = {k: v for k, v in summary.items() if reduce_op.get(k, "mean") == op}
+            summary.update(distributed.all_reduce_metrics(part, op))
+        return summary

@@ -78,6 +78,9 @@ PRESETS = {
                         n_activated_experts=2, moe_hidden=32,
                         kv_lora_rank=64, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
     "small": ModelConfig(),
+    # 8.7x small's active parameters (114M of 478M), for several GPUs (distributed.py); DDP's full copy per GPU
+    # (weights, gradients, AdamW state: ~8 GB) still fits an 80 GB card, so it needs no sharding
+    "medium": ModelConfig(dim=768, n_layers=12, n_heads=12, dense_hidden=3072, moe_hidden=1024),
 }
 
 

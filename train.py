@@ -5,6 +5,7 @@ R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then eva
     python train.py                          # the embedded default (small preset, one GPU)
     python train.py --preset tiny --device cpu --pretrain-steps 20 --rl-steps 2   # a smoke run
     python train.py --resume                 # continue from out/ after an interruption
+    torchrun --standalone --nproc-per-node 8 train.py   # data parallel over 8 GPUs (distributed.py)
 
 Writes to --out-dir: metrics.jsonl (one JSON line per step), base.pt and rl.pt checkpoints (atomic writes),
 aha.jsonl (reflective responses that ended correct), eval.json, and PNG learning curves.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import distributed
 import rewards
 from checkpoint import git_commit, load_checkpoint, save_checkpoint
 from grpo import GRPOConfig, GRPOTrainer
@@ -36,14 +38,15 @@ from sample import Decoder
 
 @dataclass
 class TrainConfig:
-    preset: str = "small"               # model preset: tiny (CPU tests) or small (one GPU)
+    preset: str = "small"               # model preset: tiny (CPU tests), small (one GPU), medium (several)
     out_dir: str = "out"
     seed: int = 0
     device: str = "auto"                # auto: cuda if available, else cpu
     resume: bool = False                # continue from the checkpoints in out_dir
+    dist_backend: str = "auto"          # under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device
     # pretraining on the synthetic corpus
     pretrain_steps: int = 2000
-    pretrain_batch_size: int = 64
+    pretrain_batch_size: int = 64      # global: split over the ranks under torchrun, as is rl_prompts_per_step
     pretrain_seq_len: int = 512
     pretrain_lr: float = 2e-3
     pretrain_warmup: int = 100
@@ -78,6 +81,8 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     stream = torch.tensor(data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed, cfg=cfg.corpus),
                           dtype=torch.long)
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
+    b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
+    train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
     if opt_state:
         opt.load_state_dict(opt_state)
@@ -85,14 +90,16 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
     model.train()
     t0, tokens_seen = time.time(), 0
-    bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps)
+    bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps,
+               disable=not distributed.is_main())
     for step in bar:
-        starts = torch.randint(0, len(stream) - T - 1, (B,), generator=gen)
+        # every rank draws the whole batch from the same generator and keeps its slice: the union is the batch
+        starts = torch.randint(0, len(stream) - T - 1, (B,), generator=gen)[rank * b:(rank + 1) * b]
         batch = torch.stack([stream[s:s + T + 1] for s in starts.tolist()]).to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_lr, cfg.pretrain_warmup)
         with autocast:
-            logits = model(batch[:, :-1])
+            logits = train_model(batch[:, :-1])
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower --pretrain-lr")
@@ -101,14 +108,16 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         tokens_seen += B * T
+        distributed.sum_router_load(model)  # the bias update follows the global load, the same on every rank
         if step % cfg.log_every == 0 or step == cfg.pretrain_steps - 1:
             balance = model.router_stats()
             model.update_router_bias()
             dt = time.time() - t0
-            log({"stage": "pretrain", "step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+            mean_loss = distributed.all_reduce_metrics({"loss": loss.item()})["loss"]  # ranks' equal shares
+            log({"stage": "pretrain", "step": step, "loss": mean_loss, "lr": opt.param_groups[0]["lr"],
                  "router_max_over_mean": float(np.nanmean(balance)) if balance else None,
                  "tokens_per_s": tokens_seen / dt, "elapsed_s": dt})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
         else:
             model.update_router_bias()
         if (step + 1) % (10 * cfg.log_every) == 0:
@@ -130,7 +139,10 @@ def answer_key(text, row):
 
 @torch.no_grad()
 def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512):
+    """Data parallel: each rank answers every world_size-th problem, and the ranks' sums are added up."""
     enc = data.get_tokenizer()
+    n_problems = len(rows)
+    rows = rows[distributed.rank()::distributed.world_size()]
     prompts = [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(k)]
     texts, decoder = [], Decoder(model)
     for i in range(0, len(prompts), batch_size):
@@ -146,9 +158,12 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
         cons.append(float(bool(votes) and votes.most_common(1)[0][0] == target))
         lengths += [len(enc.encode(t, allowed_special="all")) for t in group]
         reflections += [rewards.reflection_count(t) for t in group]
-    return {"pass@1": float(np.mean(pass1)), f"cons@{k}": float(np.mean(cons)),
-            "mean_response_tokens": float(np.mean(lengths)), "reflections_per_response": float(np.mean(reflections)),
-            "problems": len(rows), "samples_per_problem": k, "example": texts[0]}
+    sums = distributed.all_reduce_metrics({"pass@1": sum(pass1), "cons": sum(cons), "tokens": sum(lengths),
+                                           "reflections": sum(reflections)}, "sum")
+    return {"pass@1": sums["pass@1"] / n_problems, f"cons@{k}": sums["cons"] / n_problems,
+            "mean_response_tokens": sums["tokens"] / (n_problems * k),
+            "reflections_per_response": sums["reflections"] / (n_problems * k),
+            "problems": n_problems, "samples_per_problem": k, "example": texts[0] if texts else None}
 
 
 def growth(rows, key):
@@ -244,6 +259,10 @@ def validate(cfg: TrainConfig):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device}")
     cfg.grpo.validate()
     cfg.corpus.validate()
+    # under torchrun: refused on every rank alike, before any rank waits for the others
+    distributed.check_backend(cfg.dist_backend, cfg.device)
+    distributed.per_rank(cfg.pretrain_batch_size, "--pretrain-batch-size")
+    distributed.per_rank(cfg.rl_prompts_per_step, "--rl-prompts-per-step")
 
 
 def drop_rows_from(files, stage, step):
@@ -259,86 +278,102 @@ def drop_rows_from(files, stage, step):
 
 
 def main(cfg: TrainConfig):
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but no CUDA device is available")
+    device = distributed.setup(cfg.device, cfg.dist_backend)  # under torchrun: join the other ranks
+    # Rank 0 alone writes files and prints. Each rank samples its own rollouts (seed + rank); the model's
+    # initial weights are made equal when DDP wraps it (broadcast from rank 0); the prompt sampler (python
+    # random) and the data generators are seeded alike on every rank.
+    main_rank, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
+    say = print if main_rank else (lambda *args: None)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     paths = {name: os.path.join(cfg.out_dir, name) for name in
              ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png")}
-    if not cfg.resume:
+    if not cfg.resume and main_rank:
         for name in ("metrics.jsonl", "aha.jsonl", "eval.json"):
             if os.path.exists(paths[name]):
                 os.remove(paths[name])
-    metrics_file = open(paths["metrics.jsonl"], "a")
+    metrics_file = open(paths["metrics.jsonl"], "a") if main_rank else None
 
     def log(row):
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
+        if main_rank:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
 
     t_start = time.time()
     run_info = {"stage": "config", "config": asdict(cfg), "device": torch.cuda.get_device_name(device)
                 if device.type == "cuda" else "cpu", "torch": torch.__version__, "commit": git_commit(),
-                "command": shlex.join(["python", "train.py", *sys.argv[1:]])}
+                "command": shlex.join(["python", "train.py", *sys.argv[1:]]), "world_size": world}
 
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
     if cfg.resume and os.path.exists(paths["base.pt"]):
         model = load_checkpoint(paths["base.pt"], device)["model"]
-        print(f"resumed the finished base model from {paths['base.pt']}")
+        say(f"resumed the finished base model from {paths['base.pt']}")
     else:
         start, opt_state = 0, None
         if cfg.resume and os.path.exists(paths["pretrain.pt"]):
             ckpt = load_checkpoint(paths["pretrain.pt"], device)
             model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-            print(f"resumed pretraining at step {start}")
-            drop_rows_from([paths["metrics.jsonl"]], "pretrain", start)
+            say(f"resumed pretraining at step {start}")
+            if main_rank:
+                drop_rows_from([paths["metrics.jsonl"]], "pretrain", start)
         else:
             log(run_info)
             model = Transformer(make_config(cfg.preset)).to(device)
-        print(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
-              f"active per token, on {device}")
+        say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
+            f"active per token, on {device}")
 
         def save(step, opt):
-            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+            if main_rank:
+                save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
 
         pretrain(model, cfg, device, log, save, start, opt_state)
-        save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
+        if main_rank:
+            save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
 
     test_rows = data.countdown_dataset("test", n=cfg.eval_problems, seed=cfg.seed).to_list()
     evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     if "base" not in evals and cfg.eval_problems:
         evals["base"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
                                  cfg.eval_top_p)
-        print("base model:", {k: v for k, v in evals["base"].items() if k != "example"})
-        json.dump(evals, open(paths["eval.json"], "w"), indent=2)
+        say("base model:", {k: v for k, v in evals["base"].items() if k != "example"})
+        if main_rank:
+            json.dump(evals, open(paths["eval.json"], "w"), indent=2)
 
     # 2. R1-Zero RL on the base model
     train_rows = data.countdown_dataset("train", seed=cfg.seed).to_list()
-    trainer = GRPOTrainer(model, cfg.grpo, device)
+    trainer = GRPOTrainer(model, cfg.grpo, device, seed=cfg.seed)
     start = 0
     if cfg.resume and os.path.exists(paths["rl.pt"]):
         ckpt = load_checkpoint(paths["rl.pt"], device)
         model.load_state_dict(ckpt["model"].state_dict())
         trainer.load_state_dict(ckpt["trainer"])
         start = ckpt["step"]
-        print(f"resumed RL at step {start}")
-        drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], "rl", start)
+        say(f"resumed RL at step {start}")
+        if main_rank:
+            drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], "rl", start)
     rng = random.Random(cfg.seed)
     if start:
         rng.setstate(ckpt["rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps)
+        if main_rank:  # the checkpoint holds rank 0's sampling RNG; the other ranks start afresh
+            torch.set_rng_state(ckpt["torch_rng"])
+        else:
+            torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
+    P = cfg.rl_prompts_per_step // world  # this rank's prompts: whole groups, so advantages stay local
+    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps, disable=not main_rank)
     for step in bar:
-        batch = rng.sample(train_rows, cfg.rl_prompts_per_step)
+        batch = rng.sample(train_rows, cfg.rl_prompts_per_step)[rank * P:(rank + 1) * P]
         stats, aha = trainer.step(batch)
         log({"stage": "rl", "step": step, **stats})
-        with open(paths["aha.jsonl"], "a") as f:
-            for example in aha:
-                f.write(json.dumps({"step": step, **example}) + "\n")
+        if main_rank:  # rank 0's own examples
+            with open(paths["aha.jsonl"], "a") as f:
+                for example in aha:
+                    f.write(json.dumps({"step": step, **example}) + "\n")
         bar.set_postfix(acc=f"{stats['accuracy']:.2f}", len=f"{stats['response_len_mean']:.0f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps:
+        if main_rank and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
             save_checkpoint(paths["rl.pt"], model, stage="rl", step=step + 1, trainer=trainer.state_dict(),
                             train_config=asdict(cfg), rng=rng.getstate(), torch_rng=torch.get_rng_state())
 
@@ -346,16 +381,19 @@ def main(cfg: TrainConfig):
     if cfg.rl_steps and cfg.eval_problems:
         evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
                                  cfg.eval_top_p)
-        print("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
-    rl_rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
-    rl_rows = [r for r in rl_rows if r.get("stage") == "rl"]
-    if rl_rows:
-        evals["rl_growth"] = {key: growth(rl_rows, key) for key in ("response_len_mean", "reflection_rate", "accuracy")}
-    evals["wall_time_s"] = time.time() - t_start
-    json.dump(evals, open(paths["eval.json"], "w"), indent=2)
-    metrics_file.close()
-    plot_curves(paths["metrics.jsonl"], paths["curves.png"])
-    print(f"done in {time.time() - t_start:.0f}s; results in {cfg.out_dir}/")
+        say("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+    if main_rank:
+        rl_rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
+        rl_rows = [r for r in rl_rows if r.get("stage") == "rl"]
+        if rl_rows:
+            evals["rl_growth"] = {key: growth(rl_rows, key)
+                                  for key in ("response_len_mean", "reflection_rate", "accuracy")}
+        evals["wall_time_s"] = time.time() - t_start
+        json.dump(evals, open(paths["eval.json"], "w"), indent=2)
+        metrics_file.close()
+        plot_curves(paths["metrics.jsonl"], paths["curves.png"])
+    say(f"done in {time.time() - t_start:.0f}s; results in {cfg.out_dir}/")
+    distributed.cleanup()
     return evals
 
 

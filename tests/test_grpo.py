@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from grpo import LOSS_AGG_MODES, aggregate_loss, group_advantages, grpo_loss, masked_mean
+from grpo import LOSS_AGG_MODES, aggregate_loss, group_advantages, grpo_loss, masked_mean, minibatch_rows
 
 
 # ----------------------------------------------------------------------------- plain reference implementations
@@ -166,6 +166,28 @@ def test_modes_weigh_sequences_differently():
         (grad,) = torch.autograd.grad(loss, logp)
         torch.testing.assert_close(grad[0, 0], torch.tensor(-w_short, dtype=torch.float64))
         torch.testing.assert_close(grad[1], torch.full((4,), -w_long, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_shares_normalised_by_the_whole_batch_add_up_to_its_loss(mode):
+    # data parallel: each rank aggregates its rows over the whole batch's token (or sequence) count
+    logp, old, ref, adv, mask = random_batch(5, N=6)
+    whole, _ = grpo_loss(logp, old, ref, adv, mask, kl_beta=0.1, loss_agg_mode=mode, max_len=12)
+    n_total = mask.sum() if mode == "token-mean" else 6
+    shares = [grpo_loss(logp[rows], old[rows], ref[rows], adv[rows], mask[rows], kl_beta=0.1, loss_agg_mode=mode,
+                        max_len=12, n_total=n_total)[0] for rows in (slice(0, 2), slice(2, 6))]
+    torch.testing.assert_close(sum(shares), whole)
+
+
+def test_minibatches_take_an_equal_share_of_every_group():
+    G, n_prompts = 8, 3
+    for minibatches, sizes in ((4, [2] * 4), (3, [3, 3, 2]), (1, [8]), (10, [1] * 8)):  # more than G: G of them
+        parts = minibatch_rows(n_prompts, G, minibatches, torch.Generator().manual_seed(0))
+        assert sorted(torch.cat(parts).tolist()) == list(range(n_prompts * G))  # a partition of the rows
+        for part, size in zip(parts, sizes, strict=True):
+            assert (torch.bincount(part // G, minlength=n_prompts) == size).all()
+    first, again = (minibatch_rows(n_prompts, G, 4, torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert any(not torch.equal(a, b) for a, b in zip(first, again))  # random within each group
 
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)

@@ -21,6 +21,12 @@ def test_forward_shape_and_param_counts(attention):
     assert 10e6 < small.num_params() < 100e6  # "tens of millions"
 
 
+def test_medium_preset_is_at_least_8x_small_in_active_parameters():
+    with torch.device("meta"):  # shapes only: no memory, no time
+        small, medium = Transformer(make_config("small")), Transformer(make_config("medium"))
+    assert medium.num_params(active=True) >= 8 * small.num_params(active=True)
+
+
 @pytest.mark.parametrize("attention", ATTENTION)
 def test_causal(attention):
     model = tiny_model(attention=attention)

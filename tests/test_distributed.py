@@ -1,0 +1,152 @@
+"""Data parallelism on CPU: 2 processes over gloo must reproduce one process on the combined batch."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distributed
+import train
+from grpo import LOSS_AGG_MODES, GRPOConfig, GRPOTrainer
+from model import Transformer, make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = train.TrainConfig(preset="tiny", device="cpu", pretrain_steps=2, pretrain_batch_size=8,
+                             pretrain_seq_len=32, pretrain_lr=1e-2, pretrain_warmup=0, log_every=1)
+N_PROMPTS, G = 4, 4
+# no clipping: gradients are compared as they are, scale included (AdamW would hide a wrong scale)
+GRPO = GRPOConfig(group_size=G, max_new_tokens=12, lr=1e-3, epochs=2, minibatches=2, kl_beta=0.01,
+                  max_grad_norm=1e9)
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return Transformer(make_config("tiny"))
+
+
+def rollouts():
+    """Fixed prompts, completions (ragged, as sampled ones are) and rewards for N_PROMPTS groups of G."""
+    g = torch.Generator().manual_seed(1)
+    prompts, completions = [], []
+    for _ in range(N_PROMPTS):
+        prompt = torch.randint(0, 400, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(G):
+            prompts.append(prompt)
+            length = int(torch.randint(1, GRPO.max_new_tokens + 1, (1,), generator=g))
+            completions.append(torch.randint(0, 400, (length,), generator=g).tolist())
+    return prompts, completions, torch.rand(N_PROMPTS, G, generator=g).round()
+
+
+def train_steps():
+    """One pretraining run of 2 steps and one GRPO update per loss mode, on this rank's share of the batch."""
+    model, losses = fresh_model(), []
+    train.pretrain(model, PRETRAIN, torch.device("cpu"), log=lambda row: losses.append(row["loss"]),
+                   save=lambda step, opt: None)
+    out = {"pretrain": (losses, model.state_dict(), [p.grad.clone() for p in model.parameters()])}
+    W, r = distributed.world_size(), distributed.rank()
+    prompts, completions, reward = rollouts()
+    n = N_PROMPTS // W  # this rank's groups
+    for mode in LOSS_AGG_MODES:
+        model = fresh_model()
+        trainer = GRPOTrainer(model, GRPOConfig(**{**vars(GRPO), "loss_agg_mode": mode}), torch.device("cpu"))
+        stats = trainer.update(prompts[r * n * G:(r + 1) * n * G], completions[r * n * G:(r + 1) * n * G],
+                               reward[r * n:(r + 1) * n])
+        out[mode] = (stats["loss"], model.state_dict(), [p.grad.clone() for p in model.parameters()])
+    return out
+
+
+def worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.setup("cpu", "gloo")
+    torch.save(train_steps(), os.path.join(out_dir, f"rank{rank}.pt"))
+    distributed.cleanup()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_same(a, b):
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: on a shared 2-core machine more threads only contend
+    try:
+        single = train_steps()  # this process: no process group, world size 1, the whole batch
+    finally:
+        torch.set_num_threads(threads)
+    for key in ["pretrain", *LOSS_AGG_MODES]:
+        loss, weights, grads = single[key]
+        for rank in ranks:
+            assert rank[key][0] == pytest.approx(loss, abs=1e-5), key
+            assert_same(rank[key][1], weights)  # router biases included: they are buffers of the state_dict
+        # each rank's final gradient is the all-reduced one: the whole batch's, scale included
+        for g_rank, g_single in zip(ranks[0][key][2], grads):
+            torch.testing.assert_close(g_rank, g_single, rtol=1e-4, atol=1e-6, msg=key)
+    # the update did something: a test of equal weights must not pass on weights that never moved
+    assert not torch.equal(single["token-mean"][1]["head.weight"], fresh_model().state_dict()["head.weight"])
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own default for several processes per machine
+
+
+def torchrun(args, nproc=2, timeout=240):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(nproc), "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=ONE_THREAD)
+
+
+TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "10", "--pretrain-batch-size", "4",
+        "--pretrain-seq-len", "64", "--pretrain-unique-tokens", "20000", "--log-every", "1",
+        "--rl-prompts-per-step", "2", "--rl-group-size", "4", "--rl-max-new-tokens", "16",
+        "--eval-problems", "3", "--eval-samples", "2", "--checkpoint-every", "1"]
+
+
+def test_two_ranks_resume_a_one_rank_run(tmp_path):
+    out = str(tmp_path / "run")
+    one = subprocess.run([sys.executable, "train.py", *TINY, "--out-dir", out, "--rl-steps", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240, env=ONE_THREAD)
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = torchrun([*TINY, "--out-dir", out, "--rl-steps", "3", "--resume"])
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count("resumed RL at step 1") == 1  # rank 0 alone prints
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["stage"] == "rl"] == [0, 1, 2]  # rank 0 alone writes: each step once
+    assert [r["step"] for r in rows if r["stage"] == "pretrain"] == list(range(10))
+    evals = json.load(open(os.path.join(out, "eval.json")))
+    assert evals["rl"]["problems"] == 3 and 0 <= evals["rl"]["pass@1"] <= 1
+    ckpt = torch.load(os.path.join(out, "rl.pt"), weights_only=True)
+    assert ckpt["step"] == 3 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_bad_batch_stops_every_rank_with_a_clear_message():
+    run = torchrun([*TINY, "--pretrain-batch-size", "7", "--out-dir", "unused"], timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.count("--pretrain-batch-size = 7 must be divisible by the number of processes (2)") == 2
+
+
+def test_bad_world_settings_are_refused_before_any_process_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for bad in (["--rl-prompts-per-step", "3"], ["--pretrain-batch-size", "5"], ["--dist-backend", "mpi"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+    with pytest.raises(ValueError, match="nccl needs CUDA"):
+        distributed.check_backend("nccl", "cpu")
+    with pytest.raises(ValueError, match="pins one GPU"):
+        distributed.check_backend("auto", "cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert train.parse_args(["--rl-prompts-per-step", "3"]).rl_prompts_per_step == 3
+    assert distributed.world_size() == 1 and distributed.wrap(model := fresh_model()) is model
