@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 from model import Transformer, kv_cache_bytes_per_token, make_config  # noqa: E402
-from sample import Decoder, generate  # noqa: E402
+from sample import Decoder  # noqa: E402
 from checkpoint import git_commit, load_checkpoint  # noqa: E402
 
 LENGTHS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rl_lengths.json")
@@ -213,7 +213,8 @@ def compare_with_hf():
     rows = []
     for batch in (64, 256):
         prompts = [prompt] * batch
-        t_ours = timed(lambda: generate(ours, prompts, new, temperature=1.0, stop_ids=[]))
+        decoder = Decoder(ours)
+        t_ours = timed(lambda: decoder.generate(prompts, new, temperature=1.0, stop_ids=[]))
         t_nocache = timed(lambda: decode_without_cache(ours, prompts, new), repeats=1)
         ids = torch.tensor(prompts, device="cuda")
         t_hf = timed(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
