@@ -60,7 +60,7 @@ import distributed
 from data import encode, get_tokenizer, make_prompt
 from kernels import token_logprobs
 from rewards import score
-from sample import Decoder, pad_token_id
+from sample import Decoder, pad_token_id, stop_token_ids
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -96,6 +96,16 @@ def group_advantages(rewards, scale_std=True, eps=1e-6):
         adv = adv / (rewards.std(dim=1, keepdim=True) + eps)
     all_equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
     return adv.masked_fill(all_equal, 0.0)
+
+
+def overlong_penalty(lengths, max_len, buffer):
+    """DAPO's soft overlong punishment (Yu et al. 2025, sec. 3.4, eq. 13), added to the rule reward: 0 up to
+    max_len - buffer tokens, then falling linearly to -1 at max_len. A truncated answer is not necessarily a
+    wrong one, but rewarding it like any other failure teaches nothing about length; the ramp says "shorter".
+    buffer 0 turns it off. lengths: a float tensor of response lengths -> penalties of the same shape."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths)
+    return ((max_len - buffer - lengths) / buffer).clamp(-1.0, 0.0)
 
 
 def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=None, n_total=None):
@@ -201,6 +211,9 @@ class GRPOConfig:
     format_weight: float = 0.1        # reward = accuracy + format_weight * format
     max_grad_norm: float = 1.0
     rollout_batch_size: int = 512     # rows decoded together (by each rank)
+    # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
+    overlong_filter: bool = False     # truncated responses (no stop token within the budget) carry no gradient
+    overlong_buffer: int = 0          # soft punishment over the budget's last N tokens (see overlong_penalty)
 
     def validate(self):
         if self.group_size < 2:
@@ -218,6 +231,8 @@ class GRPOConfig:
             raise ValueError("--rl-kl-beta must be >= 0")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise ValueError(f"--rl-loss-agg-mode must be one of {LOSS_AGG_MODES}")
+        if not 0 <= self.overlong_buffer < self.max_new_tokens:
+            raise ValueError("need 0 <= --rl-overlong-buffer < --rl-max-new-tokens")
 
 
 def pack_sequences(prompts, completions, pad_id, widths=None):
@@ -268,6 +283,7 @@ class GRPOTrainer:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.pad_id = pad_token_id()
         self.decoder = Decoder(model)  # keeps its CUDA graphs and KV cache from one step to the next
+        self.stop_ids = set(stop_token_ids())
         self.split_rng = torch.Generator().manual_seed(seed)  # minibatch splits; the same on every rank
 
     def state_dict(self):
@@ -312,20 +328,24 @@ class GRPOTrainer:
 
         # 2. Rule-based rewards, then the update on them
         scores = [self.reward_fn(text, rows[i // G], cfg.format_weight) for i, text in enumerate(texts)]
-        reward = torch.tensor([s.total for s in scores]).view(len(rows), G)
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
+        truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
+        reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,
+                                                                            cfg.overlong_buffer)
+        reward = reward.view(len(rows), G)
         t1 = time.time()
-        summary = self.update(prompts, completions, reward)
+        summary = self.update(prompts, completions, reward, keep=~truncated if cfg.overlong_filter else None)
         t_train = time.time() - t1
 
         # 3. Rollout statistics over all ranks (each rank holds the same number of rollouts: means average)
-        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
         accuracy = torch.tensor([s.accuracy for s in scores])
         reflections = torch.tensor([float(s.reflections) for s in scores])
         summary.update(distributed.all_reduce_metrics(dict(
             reward=reward.mean().item(), accuracy=accuracy.mean().item(),
             format=sum(s.format for s in scores) / len(scores), response_len_mean=lengths.mean().item(),
             reflection_rate=reflections.mean().item(),
-            groups_with_signal=(reward.std(1) > 0).float().mean().item()), "mean"))
+            groups_with_signal=(reward.std(1) > 0).float().mean().item(),
+            truncated=truncated.float().mean().item()), "mean"))
         summary.update(distributed.all_reduce_metrics(dict(
             response_len_max=lengths.max().item(), rollout_s=t_rollout, train_s=t_train), "max"))
         totals = distributed.all_reduce_metrics(dict(
@@ -339,9 +359,10 @@ class GRPOTrainer:
                for i in range(len(texts)) if scores[i].accuracy == 1 and "wait" in texts[i].lower()][:2]
         return summary, aha
 
-    def update(self, prompts, completions, reward):
+    def update(self, prompts, completions, reward, keep=None):
         """One GRPO update on given rollouts: prompts and completions (token-id lists, G consecutive rows per
-        prompt) and their rewards [n_prompts, G]. Advantages, then the behaviour and reference log-probs, then
+        prompt) and their rewards [n_prompts, G]; `keep` [n] (optional) says which rollouts the loss may use
+        (DAPO's overlong filtering drops the truncated ones; they still count in their group's baseline). Advantages, then the behaviour and reference log-probs, then
         μ passes of minibatch steps on the clipped objective. Returns the loss statistics averaged over those
         steps and reduced over ranks."""
         cfg, model, W = self.cfg, self.model, distributed.world_size()
@@ -356,6 +377,8 @@ class GRPOTrainer:
         packed = pack_sequences(prompts, completions, self.pad_id, widths)
         tokens, real, response = (t.to(self.device) for t in packed)
         mask = response[:, 1:]
+        if keep is not None:
+            mask = mask & keep.to(self.device)[:, None]
         with torch.no_grad():
             model.eval()
             old_logp = self.token_logprobs(model, tokens, real, response)

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from grpo import LOSS_AGG_MODES, aggregate_loss, group_advantages, grpo_loss, masked_mean, minibatch_rows
+from grpo import (LOSS_AGG_MODES, aggregate_loss, group_advantages, grpo_loss, masked_mean, minibatch_rows,
+                  overlong_penalty)
 
 
 # ----------------------------------------------------------------------------- plain reference implementations
@@ -354,3 +355,48 @@ def test_tiny_grpo_run_raises_reward_on_a_toy_task():
     accuracy = [trainer.step(rows)[0]["accuracy"] for _ in range(40)]
     assert sum(accuracy[:5]) / 5 < 0.2, accuracy
     assert sum(accuracy[-5:]) / 5 > 0.6, accuracy
+
+
+def test_overlong_penalty_is_dapo_ramp():
+    lengths = torch.tensor([0.0, 400.0, 412.0, 450.0, 500.0, 512.0])
+    # DAPO eq. 13 with L_max = 512, L_cache = 100: 0 up to 412 tokens, then ((512 - 100) - |y|) / 100
+    assert overlong_penalty(lengths, 512, 100).tolist() == pytest.approx([0, 0, 0, -0.38, -0.88, -1.0])
+    assert overlong_penalty(lengths, 512, 0).tolist() == [0.0] * 6  # off
+
+
+def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
+    """With overlong filtering, a rollout that ran out of budget gets no gradient; the others are unchanged."""
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+    from sample import stop_token_ids
+
+    stop = stop_token_ids()[0]
+    prompts = [[5, 6, 7]] * 4
+    completions = [[9, 10, stop], [11, 12, 13], [9, stop], [14, 15, 16]]  # rows 1 and 3: truncated at budget 3
+    reward = torch.tensor([[1.0, 0.0, 0.5, 0.0]])
+    grads = {}
+    for keep in (None, torch.tensor([True, False, True, False]), torch.tensor([True, True, True, True])):
+        torch.manual_seed(0)
+        model = Transformer(make_config("tiny"))
+        trainer = GRPOTrainer(model, GRPOConfig(group_size=4, max_new_tokens=3, minibatches=1, kl_beta=0.0),
+                              torch.device("cpu"))
+        trainer.opt.step = lambda: None  # keep the gradient, skip the update
+        trainer.update(prompts, completions, reward, keep=keep)
+        grads[None if keep is None else tuple(keep.tolist())] = model.head.weight.grad.clone()
+    assert torch.equal(grads[None], grads[(True, True, True, True)])
+    assert not torch.allclose(grads[None], grads[(True, False, True, False)])
+    # the kept rows alone (the dropped ones given zero advantage and no tokens) give the same gradient
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny"))
+    trainer = GRPOTrainer(model, GRPOConfig(group_size=4, max_new_tokens=3, minibatches=1, kl_beta=0.0),
+                          torch.device("cpu"))
+    trainer.opt.step = lambda: None
+    trainer.update(prompts, [completions[0], [], completions[2], []], reward)
+    assert torch.allclose(model.head.weight.grad, grads[(True, False, True, False)], atol=1e-6)
+
+
+def test_overlong_buffer_must_fit_the_budget():
+    from grpo import GRPOConfig
+    with pytest.raises(ValueError):
+        GRPOConfig(max_new_tokens=100, overlong_buffer=100).validate()
+    GRPOConfig(max_new_tokens=100, overlong_buffer=20, overlong_filter=True).validate()
