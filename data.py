@@ -223,6 +223,19 @@ def arithmetic_row(question, answer):
     return {"task": "arithmetic", "question": question, "numbers": [], "target": 0, "answer": str(answer)}
 
 
+def jsonl_objects(path):
+    """(line number, parsed JSON value) for each non-blank line of a JSONL file; a line that is not JSON fails
+    with its number."""
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+
+
 def load_jsonl(path):
     """A user's own problems, one JSON object a line, as a `datasets.Dataset`.
 
@@ -230,28 +243,21 @@ def load_jsonl(path):
     "answer": "42"}. Lines are checked here, so a bad file fails at load time with its line number."""
     from datasets import Dataset
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{i}: expected a JSON object")
-            if "numbers" in obj and "target" in obj:
-                nums, target = obj["numbers"], obj["target"]
-                if not (isinstance(nums, list) and nums and all(type(n) is int and n >= 0 for n in nums)
-                        and type(target) is int):
-                    raise ValueError(f"{path}:{i}: 'numbers' must be a list of non-negative ints, 'target' an int")
-                rows.append(countdown_row(nums, target))
-            elif "question" in obj and "answer" in obj:
-                if parse_number(str(obj["answer"])) is None:  # the checker compares exact values
-                    raise ValueError(f"{path}:{i}: 'answer' must be a number, got {obj['answer']!r}")
-                rows.append(arithmetic_row(str(obj["question"]), obj["answer"]))
-            else:
-                raise ValueError(f"{path}:{i}: need 'numbers' and 'target', or 'question' and 'answer'")
+    for i, obj in jsonl_objects(path):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object")
+        if "numbers" in obj and "target" in obj:
+            nums, target = obj["numbers"], obj["target"]
+            if not (isinstance(nums, list) and nums and all(type(n) is int and n >= 0 for n in nums)
+                    and type(target) is int):
+                raise ValueError(f"{path}:{i}: 'numbers' must be a list of non-negative ints, 'target' an int")
+            rows.append(countdown_row(nums, target))
+        elif "question" in obj and "answer" in obj:
+            if parse_number(str(obj["answer"])) is None:  # the checker compares exact values
+                raise ValueError(f"{path}:{i}: 'answer' must be a number, got {obj['answer']!r}")
+            rows.append(arithmetic_row(str(obj["question"]), obj["answer"]))
+        else:
+            raise ValueError(f"{path}:{i}: need 'numbers' and 'target', or 'question' and 'answer'")
     if not rows:
         raise ValueError(f"{path}: no problems found")
     return Dataset.from_list(rows)

@@ -106,23 +106,16 @@ def load_examples(path):
     data.make_prompt(question)) or {"prompt": ..., "completion": ...} (the prompt text as is). A bad line fails
     with its line number; so does a file without any example."""
     examples = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-            given = [key for key in ("question", "prompt") if key in obj] if isinstance(obj, dict) else []
-            if len(given) != 1 or not isinstance(obj[given[0]], str) or not isinstance(obj.get("completion"), str):
-                raise ValueError(f"{path}:{i}: expected an object with a string \"completion\" and either a "
-                                 "string \"question\" or a string \"prompt\"")
-            prompt = data.make_prompt(obj["question"]) if given == ["question"] else obj["prompt"]
-            try:
-                examples.append(example_from_text(prompt, obj["completion"]))
-            except ValueError as err:
-                raise ValueError(f"{path}:{i}: {err}") from None
+    for i, obj in data.jsonl_objects(path):
+        given = [key for key in ("question", "prompt") if key in obj] if isinstance(obj, dict) else []
+        if len(given) != 1 or not isinstance(obj[given[0]], str) or not isinstance(obj.get("completion"), str):
+            raise ValueError(f"{path}:{i}: expected an object with a string \"completion\" and either a "
+                             "string \"question\" or a string \"prompt\"")
+        prompt = data.make_prompt(obj["question"]) if given == ["question"] else obj["prompt"]
+        try:
+            examples.append(example_from_text(prompt, obj["completion"]))
+        except ValueError as err:
+            raise ValueError(f"{path}:{i}: {err}") from None
     if not examples:
         raise ValueError(f"{path}: no examples found (the file is empty)")
     return examples
