@@ -44,6 +44,9 @@ PRESETS = {
     "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, dense_hidden=128, n_routed_experts=4,
                         n_activated_experts=2, moe_hidden=32),
     "small": ModelConfig(),
+    # train.py's CPU setup: ~0.8M parameters, pretrains at ~14k tokens/s on 2 CPU cores
+    "cpu": ModelConfig(dim=128, n_layers=3, n_heads=4, dense_hidden=512, n_routed_experts=4,
+                       n_activated_experts=2, moe_hidden=64),
 }
 
 

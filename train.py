@@ -36,11 +36,12 @@ from sample import generate
 
 @dataclass
 class TrainConfig:
-    preset: str = "small"               # model preset: tiny (CPU tests) or small (one GPU)
+    setup: str = "auto"                 # gpu (these defaults) or cpu (CPU_SETUP); auto: cpu when no GPU is used
+    preset: str = "small"               # model preset: tiny (CPU tests), cpu (CPU_SETUP) or small (one GPU)
     out_dir: str = "out"
     seed: int = 0
     device: str = "auto"                # auto: cuda if available, else cpu
-    resume: bool = False                # continue from the checkpoints in out_dir
+    resume: bool = False                # continue from the checkpoints in out_dir; stops if there are none
     # pretraining on the synthetic corpus
     pretrain_steps: int = 2000
     pretrain_batch_size: int = 64
@@ -60,6 +61,31 @@ class TrainConfig:
     checkpoint_every: int = 20          # RL steps between checkpoints
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
+
+
+# The CPU setup: the GPU recipe above would take hours on a CPU. These values replace its defaults, except for the
+# settings given on the command line, so that a 2-core CPU shows the aha moment in minutes (results/cpu): a
+# smaller model pretrained on shorter windows (documents average ~380 tokens), twice the reflect documents and at
+# most 6 attempts each (so answers fit 256 new tokens), fewer prompts per RL step and a faster RL learning rate,
+# and a smaller held-out evaluation (100 problems x 4 samples still resolves a 20-point gain).
+CPU_SETUP = {
+    "preset": "cpu", "pretrain_steps": 500, "pretrain_batch_size": 32, "pretrain_seq_len": 256,
+    "pretrain_lr": 3e-3, "pretrain_warmup": 50,
+    "corpus_p_reflect": 0.2, "corpus_max_attempts": 6,
+    "rl_steps": 40, "rl_prompts_per_step": 16, "rl_max_new_tokens": 256, "rl_lr": 2e-4,
+    "eval_problems": 100, "eval_samples": 4, "checkpoint_every": 10,
+}
+
+
+def choose_setup(setup, device):
+    """-> (gpu or cpu, why): auto means the CPU setup when the run will not be on a GPU."""
+    if setup != "auto":
+        return setup, "--setup " + setup
+    if device == "cpu":
+        return "cpu", "--device cpu"
+    if device == "auto" and not torch.cuda.is_available():
+        return "cpu", "no CUDA device found; --setup gpu for the GPU recipe"
+    return "gpu", "a CUDA device is used"
 
 
 # -----------------------------------------------------------------------------
@@ -200,12 +226,16 @@ def plot_curves(metrics_path, out_png):
 def parse_args(argv=None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    defaults = {}  # the GPU recipe; the namespace holds only the flags given (argument_default=SUPPRESS)
+
     def add(name, default):
         flag = "--" + name.replace("_", "-")
+        defaults[name] = default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_true", default=default)
+            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, dest=name, type=type(default), default=default, help=f"default: {default}")
+            help = f"default: {default}" + (f" (cpu setup: {CPU_SETUP[name]})" if name in CPU_SETUP else "")
+            parser.add_argument(flag, dest=name, type=type(default), default=argparse.SUPPRESS, help=help)
 
     # the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
     nested = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_")}
@@ -215,7 +245,14 @@ def parse_args(argv=None) -> TrainConfig:
     for config_class, prefix in nested.values():
         for f in fields(config_class):
             add(prefix + f.name, getattr(config_class, f.name))
-    args = vars(parser.parse_args(argv))
+    given = vars(parser.parse_args(argv))
+    args = {**defaults, **given}
+    if args["setup"] not in ("auto", "gpu", "cpu"):
+        parser.error(f"--setup must be auto, gpu or cpu, got {args['setup']}")
+    args["setup"], why = choose_setup(args["setup"], args["device"])
+    print(f"setup: {args['setup']} ({why})")
+    if args["setup"] == "cpu":  # explicit flags win over the CPU setup
+        args = {**defaults, **CPU_SETUP, **given, "setup": "cpu"}
     sub_configs = {key: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)})
                    for key, (config_class, prefix) in nested.items()}
     try:
@@ -263,11 +300,14 @@ def main(cfg: TrainConfig):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but no CUDA device is available")
     os.makedirs(cfg.out_dir, exist_ok=True)
+    paths = {name: os.path.join(cfg.out_dir, name) for name in
+             ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png")}
+    if cfg.resume and not any(os.path.exists(paths[name]) for name in ("pretrain.pt", "base.pt", "rl.pt")):
+        raise SystemExit(f"--resume: nothing to resume in {cfg.out_dir}/ (no pretrain.pt, base.pt or rl.pt); "
+                         "leave out --resume to start a fresh run")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
-    paths = {name: os.path.join(cfg.out_dir, name) for name in
-             ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png")}
     if not cfg.resume:
         for name in ("metrics.jsonl", "aha.jsonl", "eval.json"):
             if os.path.exists(paths[name]):

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +60,12 @@ def test_cuda_graph_decoding_matches_eager_decoding():
     graph = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=True)
     eager = generate(model, prompts, 40, temperature=0, stop_ids=[], cuda_graph=False)
     assert graph == eager
+
+
+def test_cli_rejects_bad_numbers_and_target_before_loading():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, message in [(["--numbers", "3", "--target", "3"], "2 or more numbers"),
+                          (["--numbers", "3", "7", "11", "--target", "500"], "target must be in 1..100")]:
+        run = subprocess.run([sys.executable, "sample.py", "--ckpt", "no-such.pt", *args], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and message in run.stderr, run.stderr
