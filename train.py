@@ -2,9 +2,11 @@
 The whole nanoR1 pipeline on one GPU: pretrain a base MoE model from scratch on the synthetic corpus, then
 R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then evaluate base vs RL model.
 
-    python train.py                          # the embedded default (small preset, one GPU)
-    python train.py --preset tiny --device cpu --pretrain-steps 20 --rl-steps 2   # a smoke run
-    python train.py --resume                 # continue from out/ after an interruption
+    python train.py                          # the GPU recipe on a GPU; without one, the CPU setup (CPU_SETUP)
+    python train.py --setup cpu --pretrain-steps 20 --rl-steps 2 --eval-problems 8   # a smoke run
+    python train.py --resume                 # continue from out/ after an interruption (stops if none)
+
+Settings given on the command line always win; the setup (gpu, or cpu: CPU_SETUP) fills in the rest.
 
 Writes to --out-dir: metrics.jsonl (one JSON line per step), base.pt and rl.pt checkpoints (atomic writes),
 aha.jsonl (reflective responses that ended correct), eval.json, and PNG learning curves.
