@@ -3,7 +3,8 @@ The whole nanoR1 pipeline on one GPU: pretrain a base MoE model from scratch on 
 R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then evaluate base vs RL model.
 
     python train.py                          # the GPU recipe on a GPU; without one, the CPU setup (CPU_SETUP)
-    python train.py --setup cpu --pretrain-steps 20 --rl-steps 2 --eval-problems 8   # a smoke run
+    python train.py --preset tiny --pretrain-steps 20 --rl-steps 2 --rl-prompts-per-step 4 --eval-problems 4
+                                             # a smoke run (a minute or so on a CPU)
     python train.py --resume                 # continue from out/ after an interruption (stops if none)
 
 Settings given on the command line always win; the setup (gpu, or cpu: CPU_SETUP) fills in the rest.
