@@ -4,7 +4,7 @@ R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then eva
 
     python train.py                          # the GPU recipe on a GPU; without one, the CPU setup (CPU_SETUP)
     python train.py --preset tiny --pretrain-steps 20 --rl-steps 2 --rl-prompts-per-step 4 --eval-problems 4
-                                             # a smoke run (a minute or so on a CPU)
+                                             # a smoke run (3 min on a shared 2-core CPU at load 6)
     python train.py --resume                 # continue from out/ after an interruption (stops if none)
 
 Settings given on the command line always win; the setup (gpu, or cpu: CPU_SETUP) fills in the rest.
