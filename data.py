@@ -191,6 +191,17 @@ def countdown_problems(split="train"):
     return tuple(problems)
 
 
+def check_countdown(numbers, target):
+    """Raise ValueError unless (numbers, target) is a problem of the kind the tasks generate (and the model knows):
+    2 or more numbers in 1..MAX_NUMBER and a target in 1..MAX_TARGET."""
+    if len(numbers) < 2:
+        raise ValueError(f"a Countdown problem needs 2 or more numbers, got {list(numbers)}")
+    if not all(1 <= n <= MAX_NUMBER for n in numbers):
+        raise ValueError(f"Countdown numbers must be in 1..{MAX_NUMBER}, got {list(numbers)}")
+    if not 1 <= target <= MAX_TARGET:
+        raise ValueError(f"the Countdown target must be in 1..{MAX_TARGET}, got {target}")
+
+
 def countdown_row(numbers, target, rng=None):
     numbers = list(numbers)
     if rng is not None:

@@ -14,7 +14,7 @@ import time
 import torch
 
 from checkpoint import load_checkpoint
-from data import EOT, PAD, countdown_question, encode, get_tokenizer, make_prompt
+from data import EOT, PAD, check_countdown, countdown_question, encode, get_tokenizer, make_prompt
 from model import KVCache
 
 
@@ -227,6 +227,11 @@ def main():
     args = parser.parse_args()
     if args.question is None and (args.numbers is None or args.target is None):
         parser.error("give --numbers and --target, or --question")
+    if args.question is None:
+        try:
+            check_countdown(args.numbers, args.target)
+        except ValueError as err:
+            parser.error(str(err))
     if args.num_samples < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         parser.error("need --num-samples >= 1, --temperature >= 0 and 0 < --top-p <= 1")
 

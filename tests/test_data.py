@@ -82,6 +82,15 @@ def test_corpus_styles_and_rates():
     assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and doc.endswith(data.EOT)
 
 
+def test_check_countdown_accepts_the_tasks_problems_only():
+    for numbers, target in data.countdown_problems("test")[:50]:
+        data.check_countdown(numbers, target)
+    for numbers, target, message in [([5], 5, "2 or more"), ([3, 0, 4], 7, "1..12"), ([3, 13], 16, "1..12"),
+                                     ([3, 7, 11], 0, "1..100"), ([3, 7, 11], 101, "1..100")]:
+        with pytest.raises(ValueError, match=message):
+            data.check_countdown(numbers, target)
+
+
 def test_load_jsonl(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"numbers": [3, 7, 11], "target": 54}) + "\n\n"

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -86,3 +90,12 @@ def test_compaction_slot_buckets_and_row_budgets_keep_greedy_exact(monkeypatch, 
 def test_bucket_sizes():
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 7, 9, 13, 100, 500, 512, 513)] == \
         [2, 2, 3, 4, 6, 8, 12, 16, 128, 512, 512, 768]
+
+
+def test_cli_rejects_bad_numbers_and_target_before_loading():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, message in [(["--numbers", "3", "--target", "3"], "2 or more numbers"),
+                          (["--numbers", "3", "7", "11", "--target", "500"], "target must be in 1..100")]:
+        run = subprocess.run([sys.executable, "sample.py", "--ckpt", "no-such.pt", *args], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and message in run.stderr, run.stderr

@@ -31,9 +31,36 @@ def test_bad_cli_values_fail_clearly():
                 ["--corpus-max-attempts", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
-    cfg = train.parse_args(["--rl-lr", "1e-4", "--rl-kl-beta", "0", "--corpus-p-correct", "0.2"])
+    cfg = train.parse_args(["--setup", "gpu", "--rl-lr", "1e-4", "--rl-kl-beta", "0", "--corpus-p-correct", "0.2"])
     assert cfg.grpo.lr == 1e-4 and cfg.grpo.kl_beta == 0 and cfg.preset == "small"
     assert cfg.corpus.p_correct == 0.2 and cfg.corpus.p_reflect == data.CorpusConfig().p_reflect
+
+
+def test_setup_auto_picks_cpu_without_gpu_and_explicit_flags_win(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = train.parse_args([])
+    assert "setup: cpu (no CUDA device found" in capsys.readouterr().out
+    assert (cfg.setup, cfg.preset, cfg.rl_steps, cfg.eval_samples) == ("cpu", "cpu", train.CPU_SETUP["rl_steps"],
+                                                                      train.CPU_SETUP["eval_samples"])
+    assert cfg.grpo.lr == train.CPU_SETUP["rl_lr"] and cfg.corpus.p_reflect == train.CPU_SETUP["corpus_p_reflect"]
+    assert cfg.grpo.group_size == train.GRPOConfig().group_size  # not in CPU_SETUP: the GPU recipe's value
+    cfg = train.parse_args(["--rl-steps", "7", "--preset", "tiny", "--corpus-p-reflect", "0.1"])
+    assert (cfg.setup, cfg.rl_steps, cfg.preset, cfg.corpus.p_reflect) == ("cpu", 7, "tiny", 0.1)
+    assert cfg.pretrain_steps == train.CPU_SETUP["pretrain_steps"]
+    # with a GPU (or --setup gpu) every value is the GPU recipe's, exactly the dataclass defaults
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.parse_args([]) == train.TrainConfig(setup="gpu")
+    assert train.parse_args(["--setup", "cpu"]).preset == "cpu"
+    assert train.parse_args(["--device", "cpu"]).setup == "cpu"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--setup", "laptop"])
+
+
+def test_resume_with_nothing_to_resume_stops(tmp_path):
+    cfg = train.parse_args(TINY + ["--out-dir", str(tmp_path), "--resume"])
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train.main(cfg)
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
 def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
