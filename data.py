@@ -310,18 +310,18 @@ def countdown_response(rng, problem, cfg=CorpusConfig()):
     first = _candidate(rng, problem, rng.random() < cfg.p_correct)
     p_second = cfg.p_second_language_reflect if style < cfg.p_reflect else cfg.p_second_language_other
     # drawn only when possible, so that a corpus without the second language keeps its random stream
-    w = PHRASES[SECOND_LANGUAGE if p_second > 0 and rng.random() < p_second else "en"]
+    phrase = PHRASES[SECOND_LANGUAGE if p_second > 0 and rng.random() < p_second else "en"]
     if style >= cfg.p_try + cfg.p_reflect:  # guess
-        return f" {w['guess']}: {first.text}. </think> <answer> {first.text} </answer>"
+        return f" {phrase['guess']}: {first.text}. </think> <answer> {first.text} </answer>"
     if style >= cfg.p_reflect:  # try once, answer regardless
-        return f" {w['try']} {first.text}: {render_steps(first)}. </think> <answer> {first.text} </answer>"
+        return f" {phrase['try']} {first.text}: {render_steps(first)}. </think> <answer> {first.text} </answer>"
     parts, e, tried = [], first, {first.text}
     for attempt in range(cfg.max_attempts):
-        parts.append(f"{w['try']} {e.text}: {render_steps(e)}.")
+        parts.append(f"{phrase['try']} {e.text}: {render_steps(e)}.")
         if e.value == target:
-            parts.append(f"{w['verify']}: {e.value} = {target}.")
+            parts.append(f"{phrase['verify']}: {e.value} = {target}.")
             break
-        parts.append(f"{w['wait']}, {e.value} {w['is_not']} {target}.")
+        parts.append(f"{phrase['wait']}, {e.value} {phrase['is_not']} {target}.")
         if attempt + 1 < cfg.max_attempts:
             e = _candidate(rng, problem, rng.random() < cfg.p_correct)
             if e.text in tried and e.value != target:  # a person would not repeat a miss
