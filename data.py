@@ -32,6 +32,17 @@ Pretraining corpus (the base model's whole world)
     GRPO has nothing to invent; it has to discover that the rare long, reflective answers score, and
     amplify them: response length and reflection rate grow as accuracy rises (R1-Zero's "aha moment").
     Arithmetic documents (15% of all) drill the step-by-step computations the checks rely on.
+
+Second language (off by default; for R1-Zero's language mixing, DeepSeek-R1 sec. 2.3)
+    The reasoning words of a Countdown response ("Guess", "Try", "Wait, 23 is not 24.", "Let me verify") can
+    be written in a second language instead, German in ASCII (languages.py): "Warte, 23 ist nicht 24.",
+    "Lass mich pruefen: 24 = 24.". Each document's response picks one language for its whole CoT, with
+    probability p_second_language_reflect for the reflect style and p_second_language_other for guess and try;
+    prompts, numbers and tags stay English. With reflect responses mostly German and the others English, the
+    behaviour RL amplifies comes in the other language than the prompt's: mixing can then emerge from a reward
+    that checks only correctness, as R1-Zero's does, rather than from the template. rewards.language_consistency
+    measures it. The fixed tokenizer spells the new words with byte-level pieces. Both probabilities default
+    to 0, and the random draw is skipped at 0, so the default corpus is the same byte for byte as before.
 """
 
 import base64
@@ -46,6 +57,7 @@ from dataclasses import dataclass
 
 import tiktoken
 
+from languages import PHRASES, SECOND_LANGUAGE
 from rewards import parse_number
 
 # -----------------------------------------------------------------------------
@@ -283,9 +295,12 @@ class CorpusConfig:
     p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step; one seed in 3 never amplified them
     p_correct: float = 0.15      # chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)
     max_attempts: int = 10       # the reflect style gives up after this many misses
+    p_second_language_reflect: float = 0.0  # share of reflect responses reasoning in the second language
+    p_second_language_other: float = 0.0    # the same for guess and try responses
 
     def validate(self):
-        for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct"):
+        for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",
+                     "p_second_language_other"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--corpus-{name.replace('_', '-')} must be a probability in [0, 1]")
         if self.p_try + self.p_reflect > 1:
@@ -306,21 +321,24 @@ def _candidate(rng, problem, correct):
 
 
 def countdown_response(rng, problem, cfg=CorpusConfig()):
-    """The assistant turn after the prefilled "<think>", in one of the three styles."""
+    """The assistant turn after the prefilled "<think>", in one of the three styles and one language."""
     target = problem[1]
     style = rng.random()
     first = _candidate(rng, problem, rng.random() < cfg.p_correct)
+    p_second = cfg.p_second_language_reflect if style < cfg.p_reflect else cfg.p_second_language_other
+    # drawn only when possible, so that a corpus without the second language keeps its random stream
+    phrase = PHRASES[SECOND_LANGUAGE if p_second > 0 and rng.random() < p_second else "en"]
     if style >= cfg.p_try + cfg.p_reflect:  # guess
-        return f" Guess: {first.text}. </think> <answer> {first.text} </answer>"
+        return f" {phrase['guess']}: {first.text}. </think> <answer> {first.text} </answer>"
     if style >= cfg.p_reflect:  # try once, answer regardless
-        return f" Try {first.text}: {render_steps(first)}. </think> <answer> {first.text} </answer>"
+        return f" {phrase['try']} {first.text}: {render_steps(first)}. </think> <answer> {first.text} </answer>"
     parts, e, tried = [], first, {first.text}
     for attempt in range(cfg.max_attempts):
-        parts.append(f"Try {e.text}: {render_steps(e)}.")
+        parts.append(f"{phrase['try']} {e.text}: {render_steps(e)}.")
         if e.value == target:
-            parts.append(f"Let me verify: {e.value} = {target}.")
+            parts.append(f"{phrase['verify']}: {e.value} = {target}.")
             break
-        parts.append(f"Wait, {e.value} is not {target}.")
+        parts.append(f"{phrase['wait']}, {e.value} {phrase['is_not']} {target}.")
         if attempt + 1 < cfg.max_attempts:
             e = _candidate(rng, problem, rng.random() < cfg.p_correct)
             if e.text in tried and e.value != target:  # a person would not repeat a miss

@@ -208,7 +208,8 @@ class GRPOConfig:
     kl_beta: float = 0.001            # 0 skips the reference model entirely
     loss_agg_mode: str = "token-mean"
     scale_std: bool = True            # False: Dr. GRPO advantages (no division by the group's std)
-    format_weight: float = 0.1        # reward = accuracy + format_weight * format
+    format_weight: float = 0.1        # reward = accuracy + format_weight * format (+ the language term)
+    language_weight: float = 0.0      # + language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)
     max_grad_norm: float = 1.0
     rollout_batch_size: int = 512     # rows decoded together (by each rank)
     # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
@@ -229,6 +230,8 @@ class GRPOConfig:
             raise ValueError("need 0 <= --rl-clip-eps-low < 1 and --rl-clip-eps-high >= 0")
         if self.kl_beta < 0:
             raise ValueError("--rl-kl-beta must be >= 0")
+        if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
+            raise ValueError("--rl-language-weight must be a number >= 0")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise ValueError(f"--rl-loss-agg-mode must be one of {LOSS_AGG_MODES}")
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
@@ -267,7 +270,7 @@ def minibatch_rows(n_prompts, G, minibatches, generator):
 
 class GRPOTrainer:
     """Owns the policy's optimizer and the frozen reference; `step(rows)` is one GRPO iteration.
-    reward_fn(text, row, format_weight) scores one response (default: rewards.score).
+    reward_fn(text, row, format_weight, language_weight) scores one response (default: rewards.score).
 
     Data parallel (distributed.py): each rank decodes and scores whole prompt groups of its own, so advantages
     need no communication; the loss is normalised by the whole batch's counts and gradients are averaged by
@@ -327,7 +330,8 @@ class GRPOTrainer:
         t_rollout = time.time() - t0
 
         # 2. Rule-based rewards, then the update on them
-        scores = [self.reward_fn(text, rows[i // G], cfg.format_weight) for i, text in enumerate(texts)]
+        scores = [self.reward_fn(text, rows[i // G], cfg.format_weight, cfg.language_weight)
+                  for i, text in enumerate(texts)]
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
         truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
         reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,
@@ -344,6 +348,7 @@ class GRPOTrainer:
             reward=reward.mean().item(), accuracy=accuracy.mean().item(),
             format=sum(s.format for s in scores) / len(scores), response_len_mean=lengths.mean().item(),
             reflection_rate=reflections.mean().item(),
+            language_consistency=sum(s.language_consistency for s in scores) / len(scores),
             groups_with_signal=(reward.std(1) > 0).float().mean().item(),
             truncated=truncated.float().mean().item()), "mean"))
         summary.update(distributed.all_reduce_metrics(dict(

@@ -25,8 +25,22 @@ reference exactly (as a Fraction, so "0.75" == "3/4"). No units, no words, no sc
 A reference answer that is not such a number raises ValueError: it is a bug in the data, not a wrong answer.
 
 Reflections. `reflection_count` counts the self-reflection phrases "wait", "let me check", "re-check" /
-"recheck", "double-check", "verify", "mistake", "try again" and "hmm" (whole words, any case). It is the
-"aha moment" metric logged during training, never part of the reward.
+"recheck", "double-check", "verify", "mistake", "try again" and "hmm", and those of the corpus's second
+language (languages.py), "warte" and "pruefen" (whole words, any case). It is the "aha moment" metric logged
+during training, never part of the reward.
+
+Language consistency (DeepSeek-R1 sec. 2.3.2). `language_consistency(text, language)` is "the proportion of
+target language words in the CoT": the CoT is what precedes the first "</think>" (all of the turn if it never
+closes: a truncated rollout reasoned too), tags removed. A word is a run of letters of any script; numbers,
+operators and punctuation are no words, so a CoT of pure arithmetic is neutral. A word is in the target
+language if its lexicon holds it, any case. The lexicons (languages.py) are the words the corpus reasons
+with, not whole languages, and every other word counts against: the second language's, a word of no
+language ("Wiat", "思考") and an English template word copied into the CoT ("answer") alike. A word the
+lexicon lacks is not evidence of the target language, and junk must not score as if it were pure. A CoT with no
+words scores 1.0: nothing in it is mixed. R1 adds this reward to accuracy ("directly summing"); here
+total = accuracy + format_weight * format + language_weight * consistency, and like accuracy the language
+term needs the format. language_weight defaults to 0 (R1-Zero: no language reward); the consistency is
+logged either way.
 """
 
 import ast
@@ -34,6 +48,8 @@ import operator
 import re
 from fractions import Fraction
 from typing import NamedTuple
+
+from languages import LEXICONS, WORD_RE
 
 EOT = "<|endoftext|>"
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -169,8 +185,8 @@ def numeric_reward(text: str, answer: str | int | Fraction) -> float:
 # Reflections: the "aha moment" metric (R1-Zero learns to stop, check and retry; we count how often it says so)
 
 REFLECTION_RE = re.compile(  # the first-letter lookahead only rejects most positions sooner: same matches
-    r"\b(?=[wlrdvmth])(?:wait|let\s+me\s+check|re-?check|double-check|verify|mistake|try\s+again|hmm)\b",
-    re.IGNORECASE)
+    r"\b(?=[wlrdvmthp])(?:wait|let\s+me\s+check|re-?check|double-check|verify|mistake|try\s+again|hmm"
+    r"|warte|pruefen)\b", re.IGNORECASE)
 
 
 def reflection_count(text: str) -> int:
@@ -179,18 +195,36 @@ def reflection_count(text: str) -> int:
     return len(REFLECTION_RE.findall(text))
 
 # -----------------------------------------------------------------------------
+# Language consistency: R1's reward against language mixing (sec. 2.3.2), and the metric of mixing itself
+
+TAG_RE = re.compile(r"</?(?:think|answer)>|<\|endoftext\|>")
+
+
+def language_consistency(text: str, language: str = "en") -> float:
+    """Fraction of the CoT's words that are in `language` (see the module docstring); 1.0 if it has none."""
+    if language not in LEXICONS:
+        raise ValueError(f"unknown language {language!r}: expected one of {sorted(LEXICONS)}")
+    words = WORD_RE.findall(TAG_RE.sub(" ", text.partition("</think>")[0]))
+    if not words:
+        return 1.0
+    lexicon = LEXICONS[language]
+    return sum(word.lower() in lexicon for word in words) / len(words)
+
+# -----------------------------------------------------------------------------
 # The combined scorer used by GRPO and the evaluation
 
 class Reward(NamedTuple):
-    total: float        # accuracy + format_weight * format: what GRPO maximises
+    total: float        # accuracy + format_weight * format + language_weight * consistency: what GRPO maximises
     format: float
     accuracy: float
     reflections: int    # logged, not rewarded
+    language_consistency: float  # of the CoT, against English (the prompts' language); rewarded if weighted
 
 
-def score(text: str, task: dict, format_weight: float = 0.1) -> Reward:
+def score(text: str, task: dict, format_weight: float = 0.1, language_weight: float = 0.0) -> Reward:
     """Score one turn. task: {"task": "countdown", "numbers": [...], "target": int} or
-    {"task": "arithmetic", "answer": "..."} (a user's numeric dataset uses the arithmetic kind)."""
+    {"task": "arithmetic", "answer": "..."} (a user's numeric dataset uses the arithmetic kind).
+    Every prompt is in English, so the CoT's consistency is measured against English."""
     kind = task.get("task")
     if kind not in ("countdown", "arithmetic"):
         raise ValueError(f"unknown task kind {kind!r}: expected 'countdown' or 'arithmetic'")
@@ -200,8 +234,11 @@ def score(text: str, task: dict, format_weight: float = 0.1) -> Reward:
         accuracy = _countdown_correct(answer, task["numbers"], task["target"])
     else:
         accuracy = _numeric_correct(answer, _reference(task["answer"]))
-    return Reward(accuracy + format_weight * fmt, fmt, accuracy, reflection_count(text))
+    consistency = language_consistency(text, "en")
+    total = accuracy + format_weight * fmt + language_weight * consistency * fmt
+    return Reward(total, fmt, accuracy, reflection_count(text), consistency)
 
 
-def score_batch(texts: list[str], tasks: list[dict], format_weight: float = 0.1) -> list[Reward]:
-    return [score(text, task, format_weight) for text, task in zip(texts, tasks, strict=True)]
+def score_batch(texts: list[str], tasks: list[dict], format_weight: float = 0.1,
+                language_weight: float = 0.0) -> list[Reward]:
+    return [score(text, task, format_weight, language_weight) for text, task in zip(texts, tasks, strict=True)]

@@ -179,7 +179,7 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
     for i in range(0, len(prompts), batch_size):
         texts += ["<think>" + enc.decode(c) for c in
                   decoder.generate(prompts[i:i + batch_size], max_new_tokens, temperature, top_p)]
-    pass1, cons, lengths, reflections = [], [], [], []
+    pass1, cons, lengths, reflections, consistency = [], [], [], [], []
     for j, row in enumerate(rows):
         group = texts[j * k:(j + 1) * k]
         scores = [rewards.score(t, row).accuracy for t in group]
@@ -189,11 +189,13 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
         cons.append(float(bool(votes) and votes.most_common(1)[0][0] == target))
         lengths += [len(enc.encode(t, allowed_special="all")) for t in group]
         reflections += [rewards.reflection_count(t) for t in group]
+        consistency += [rewards.language_consistency(t) for t in group]  # all prompts are English
     sums = distributed.all_reduce_metrics({"pass@1": sum(pass1), "cons": sum(cons), "tokens": sum(lengths),
-                                           "reflections": sum(reflections)}, "sum")
+                                           "reflections": sum(reflections), "consistency": sum(consistency)}, "sum")
     return {"pass@1": sums["pass@1"] / n_problems, f"cons@{k}": sums["cons"] / n_problems,
             "mean_response_tokens": sums["tokens"] / (n_problems * k),
             "reflections_per_response": sums["reflections"] / (n_problems * k),
+            "language_consistency": sums["consistency"] / (n_problems * k),
             "problems": n_problems, "samples_per_problem": k, "example": texts[0] if texts else None}
 
 

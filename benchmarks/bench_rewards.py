@@ -15,7 +15,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from rewards import countdown_reward, countdown_value, format_reward, reflection_count, score  # noqa: E402
+from rewards import (countdown_reward, countdown_value, format_reward, language_consistency,  # noqa: E402
+                     reflection_count, score)
 
 
 def random_expression(rng, numbers):
@@ -72,12 +73,13 @@ def main(n=20_000, seed=0):
     rows = [
         ("format_reward", format_reward, [(t,) for t in texts]),
         ("reflection_count", reflection_count, [(t,) for t in texts]),
+        ("language_consistency", language_consistency, [(t,) for t in texts]),
         ("countdown_reward", countdown_reward, batch),
         ("score", score, list(zip(texts, tasks))),
     ]
-    print(f"{'function':<18} {'completions/s':>14}")
+    print(f"{'function':<20} {'completions/s':>14}")
     for name, fn, args in rows:
-        print(f"{name:<18} {throughput(fn, args):>14,.0f}")
+        print(f"{name:<20} {throughput(fn, args):>14,.0f}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import random
 from fractions import Fraction
@@ -6,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import data
+from rewards import language_consistency
 
 
 @settings(max_examples=300, deadline=None)
@@ -116,3 +118,42 @@ def test_corpus_never_shows_rl_or_test_problems():
         target = int(rest.split("equals ")[1].split(".")[0])
         seen.add((tuple(sorted(int(n) for n in numbers.strip("[").split(","))), target))
     assert len(seen) > 100 and seen <= set(data.countdown_problems("pretrain"))
+
+
+def test_default_corpus_unchanged_byte_for_byte():
+    # sha256 of str(corpus_tokens(1, seed=0)) (one batch of 1024 documents) computed at commit 7104019, before
+    # the second-language options existed: models pretrained since then saw exactly this stream
+    for cfg, digest in ((data.CorpusConfig(), "442e66b27acd59551f8c6f1756be717702d44bf94391ad7599f2946c8ef1a900"),
+                        (data.CorpusConfig(p_reflect=0.5, p_correct=0.3),
+                         "baefff8a407485fd55383121d6509a4195c2ec53b41e82c21970a4b7e22d8127")):
+        assert hashlib.sha256(str(data.corpus_tokens(1, seed=0, cfg=cfg)).encode()).hexdigest() == digest
+
+
+def test_second_language_reasoning():
+    problem = ((3, 7, 11), 54)
+    german = data.CorpusConfig(p_reflect=1.0, p_second_language_reflect=1.0)
+    for i in range(30):  # reflect responses wholly in the second language: no English word in the CoT
+        cot = "<think>" + data.countdown_response(random.Random(i), problem, german)
+        assert language_consistency(cot) == 0.0 and language_consistency(cot, "de") == 1.0
+        assert "Warte" in cot or "pruefen" in cot
+    # the other option sets the guess and try styles, and leaves reflect responses English
+    other = data.CorpusConfig(p_try=0.5, p_reflect=0.1, p_second_language_other=1.0)
+    for i in range(200):
+        cot = "<think>" + data.countdown_response(random.Random(i), problem, other)
+        reflect = "Wait" in cot or "verify" in cot
+        assert language_consistency(cot, "en" if reflect else "de") == 1.0
+    half = data.CorpusConfig(p_reflect=1.0, p_second_language_reflect=0.5)
+    share = sum(language_consistency("<think>" + data.countdown_response(random.Random(i), problem, half)) == 0
+                for i in range(1000)) / 1000
+    assert 0.44 < share < 0.56
+    # prompts stay English: every question of a document is, whatever language its reasoning is in
+    doc = data.corpus_document(random.Random(0), cfg=data.CorpusConfig(p_arithmetic=0, p_reflect=1.0,
+                                                                       p_second_language_reflect=1.0))
+    turns = doc.split("User: ")[1:]
+    assert turns and all(t.startswith("Using the numbers ") and "Warte" not in t.split("<think>")[0]
+                         for t in turns)
+    assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and "Versuche" in doc
+    for name in ("p_second_language_reflect", "p_second_language_other"):
+        for bad in (-0.1, 1.5):
+            with pytest.raises(ValueError, match=name.replace("_", "-")):
+                data.CorpusConfig(**{name: bad}).validate()

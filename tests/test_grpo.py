@@ -343,16 +343,18 @@ def test_tiny_grpo_run_raises_reward_on_a_toy_task():
     from model import Transformer, make_config
     from rewards import Reward
 
-    def reward_fn(text, row, format_weight):
+    def reward_fn(text, row, format_weight, language_weight):
         hit = float(bool(re.match(r"<think> ?[0-9]", text)))
-        return Reward(total=hit, format=0.0, accuracy=hit, reflections=0)
+        return Reward(total=hit, format=0.0, accuracy=hit, reflections=0, language_consistency=1 - hit)
 
     torch.manual_seed(0)
     model = Transformer(make_config("tiny"))
     cfg = GRPOConfig(group_size=8, max_new_tokens=2, lr=3e-3, kl_beta=0.01, minibatches=1)
     trainer = GRPOTrainer(model, cfg, torch.device("cpu"), reward_fn=reward_fn)
     rows = [{"question": f"What is {i} + {i}?"} for i in range(8)]
-    accuracy = [trainer.step(rows)[0]["accuracy"] for _ in range(40)]
+    stats = [trainer.step(rows)[0] for _ in range(40)]
+    accuracy = [s["accuracy"] for s in stats]
+    assert all(s["language_consistency"] == 1 - s["accuracy"] for s in stats)  # logged every step
     assert sum(accuracy[:5]) / 5 < 0.2, accuracy
     assert sum(accuracy[-5:]) / 5 > 0.6, accuracy
 

@@ -4,8 +4,8 @@ from fractions import Fraction
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from rewards import (Reward, countdown_reward, countdown_value, extract_answer, format_reward, numeric_reward,
-                     parse_number, reflection_count, score, score_batch)
+from rewards import (Reward, countdown_reward, countdown_value, extract_answer, format_reward,
+                     language_consistency, numeric_reward, parse_number, reflection_count, score, score_batch)
 
 
 def turn(answer, think=" reasoning "):
@@ -196,21 +196,68 @@ def test_numeric_reward_refuses_absurdly_long_answers():
     ("awaiting, waiter, verifying, mistakes, hmmm, checked, trying again", 0),  # whole words only
     ("check, double check, let me see, again", 0),                               # not in the list
     ("<think> Wait, 20 is not 24. Hmm. Let me try again: 7 * 3 + 2. Let me verify. </think>", 4),
+    ("Warte, 23 ist nicht 24. Lass mich pruefen: 24 = 24.", 2),  # the corpus's second language
 ])
 def test_reflection_count(text, n):
     assert reflection_count(text) == n
 
 
 PLAIN_REFLECTION_RE = re.compile(  # the phrase list without rewards.py's first-letter lookahead
-    r"\b(?:wait|let\s+me\s+check|re-?check|double-check|verify|mistake|try\s+again|hmm)\b", re.IGNORECASE)
+    r"\b(?:wait|let\s+me\s+check|re-?check|double-check|verify|mistake|try\s+again|hmm|warte|pruefen)\b",
+    re.IGNORECASE)
 phrase_soup = st.lists(st.sampled_from(["wait", "WAIT", "Let me check", "let  me\ncheck", "re-check", "recheck",
-                                        "double-check", "Verify", "mistake", "try again", "hmm", "a", "-", " ",
+                                        "double-check", "Verify", "mistake", "try again", "hmm", "Warte", "pruefen", "a", "-", " ",
                                         ", ", "ß", "İ", "٣", "_", "ſ", "K"]), max_size=30).map("".join)
 
 
 @given(st.one_of(st.text(max_size=200), phrase_soup))
 def test_reflection_count_is_the_plain_phrase_count(text):
     assert reflection_count(text) == len(PLAIN_REFLECTION_RE.findall(text))
+
+# ----------------------------------------------------------------------------- language consistency
+
+ENGLISH_COT = "<think> Try 7 * 3: 7 * 3 = 21. Wait, 21 is not 24. </think> <answer> 7 * 3 </answer>"
+GERMAN_COT = "<think> Versuche 7 * 3: 7 * 3 = 21. Warte, 21 ist nicht 24. </think> <answer> 7 * 3 </answer>"
+
+
+@pytest.mark.parametrize("text, english, german", [
+    (ENGLISH_COT, 1.0, 0.0),
+    (GERMAN_COT, 0.0, 1.0),
+    ("<think> Try 7 * 3: 7 * 3 = 21. Warte, 21 ist nicht 24. Let me verify: 24 = 24. </think>", 4 / 7, 3 / 7),
+    ("<think> Ich rate: 7 * 3. Guess: 7 * 3. </think> <answer> 7 * 3 </answer>", 1 / 3, 2 / 3),
+    ("<think> WAIT wait Wait LASS </think>", 3 / 4, 1 / 4),                 # any case
+    ("<think> Try Wiat 思考 reasoning </think>", 1 / 4, 0.0),               # unknown words count against both
+    ("<think> Try </think> <answer> Versuche </answer>", 1.0, 0.0),        # only the CoT counts
+    ("<think> Warte, Try", 0.5, 0.5),                                      # never closed: all of it is the CoT
+    ("<think><think> Try <answer> </think>", 1.0, 0.0),                   # tags are not words
+    ("<think> 7 * 3 = 21, 21 + 3 = 24. </think> <answer> 24 </answer>", 1.0, 1.0),  # no words: nothing mixed
+    ("", 1.0, 1.0),
+    ("Try3 wait_wait 2Wait", 1.0, 0.0),                                    # digits and _ split words
+])
+def test_language_consistency(text, english, german):
+    assert language_consistency(text) == english
+    assert language_consistency(text, "de") == german
+
+
+def test_language_consistency_unknown_language_and_huge_inputs():
+    with pytest.raises(ValueError, match="unknown language"):
+        language_consistency(ENGLISH_COT, "fr")
+    huge = "<think> " + "Wait Warte 1 + " * 70_000 + "</think> <answer> 1 </answer>"  # about 1 MB
+    assert len(huge) > 10**6 and language_consistency(huge) == 0.5
+    assert language_consistency("<think>" + "a" * 10**6) == 0.0
+    assert language_consistency("<think>" + "\u202e\x00\ufffd" * 300_000 + "</think>") == 1.0
+
+
+def test_score_adds_the_weighted_language_consistency():
+    mixed = ENGLISH_COT.replace("Wait", "Warte")  # words: Try, Warte, is, not -> 3/4 English
+    row = {"task": "countdown", "numbers": [7, 3], "target": 21}
+    for text, consistency in ((ENGLISH_COT, 1.0), (GERMAN_COT, 0.0), (mixed, 0.75)):
+        base = score(text, row)
+        assert base.accuracy == 1.0 and base.language_consistency == consistency
+        assert score(text, row, 0.1, 0.0) == base  # the default weight leaves the reward as it was
+        assert score(text, row, 0.1, 0.5).total == base.total + 0.5 * consistency
+    broken = ENGLISH_COT + " extra"  # like accuracy, the language term needs the format
+    assert score(broken, row, 0.1, 0.5).total == 0.0 and score(broken, row).language_consistency == 1.0
 
 # ----------------------------------------------------------------------------- the combined scorer
 
@@ -220,19 +267,22 @@ ARITHMETIC = {"task": "arithmetic", "question": "Compute 37 * 4 + 12.", "numbers
 
 def test_score_countdown():
     text = "<think> Try 7 * 3 - 2 = 19. Wait, 19 is not 23. Try 7 * 3 + 2 = 23. </think> <answer> 7 * 3 + 2 </answer>"
-    assert score(text, COUNTDOWN) == Reward(total=1.1, format=1.0, accuracy=1.0, reflections=1)
+    assert score(text, COUNTDOWN) == Reward(total=1.1, format=1.0, accuracy=1.0, reflections=1,
+                                            language_consistency=1.0)
     wrong = text.replace("<answer> 7 * 3 + 2", "<answer> 7 * 3 - 2")
-    assert score(wrong, COUNTDOWN) == Reward(total=0.1, format=1.0, accuracy=0.0, reflections=1)
+    assert score(wrong, COUNTDOWN) == Reward(total=0.1, format=1.0, accuracy=0.0, reflections=1,
+                                             language_consistency=1.0)
     broken = text + " extra"
-    assert score(broken, COUNTDOWN) == Reward(total=0.0, format=0.0, accuracy=0.0, reflections=1)
+    assert score(broken, COUNTDOWN) == Reward(total=0.0, format=0.0, accuracy=0.0, reflections=1,
+                                              language_consistency=1.0)
     assert score(text, COUNTDOWN, format_weight=0.5).total == 1.5
     assert score(text, COUNTDOWN, 0.0).total == 1.0  # GRPOTrainer passes format_weight positionally
 
 
 def test_score_arithmetic():
-    assert score(turn("160"), ARITHMETIC) == Reward(1.1, 1.0, 1.0, 0)
-    assert score(turn("161"), ARITHMETIC) == Reward(0.1, 1.0, 0.0, 0)
-    assert score("160", ARITHMETIC) == Reward(0.0, 0.0, 0.0, 0)
+    assert score(turn("160"), ARITHMETIC) == Reward(1.1, 1.0, 1.0, 0, 0.0)  # "reasoning" is no corpus word
+    assert score(turn("161", " 160 "), ARITHMETIC) == Reward(0.1, 1.0, 0.0, 0, 1.0)
+    assert score("160", ARITHMETIC) == Reward(0.0, 0.0, 0.0, 0, 1.0)
     assert score(turn("3/4"), {"task": "arithmetic", "answer": "0.75"}).accuracy == 1.0
 
 
@@ -261,7 +311,9 @@ ALL_FUNCTIONS = [
     lambda s: countdown_reward(s, [7, 3, 2], 23),
     lambda s: numeric_reward(s, "42"),
     lambda s: score(s, COUNTDOWN),
-    lambda s: score(s, ARITHMETIC),
+    lambda s: score(s, ARITHMETIC, language_weight=1.0),
+    language_consistency,
+    lambda s: language_consistency(s, "de"),
 ]
 
 any_text = st.text()
@@ -278,6 +330,7 @@ def test_fuzz_never_raises(s):
     assert format_reward(s) in (0.0, 1.0)
     assert (extract_answer(s) is None) == (format_reward(s) == 0.0)
     assert countdown_reward(s, [7, 3, 2], 23) <= format_reward(s)
+    assert 0.0 <= language_consistency(s) <= 1.0 and 0.0 <= language_consistency(s, "de") <= 1.0
 
 
 @settings(max_examples=300, deadline=None)

@@ -28,12 +28,18 @@ def test_bad_cli_values_fail_clearly():
     for bad in (["--preset", "huge"], ["--rl-group-size", "1"], ["--pretrain-lr", "-1"],
                 ["--rl-loss-agg-mode", "mean"], ["--rl-temperature", "0"], ["--pretrain-steps", "abc"],
                 ["--corpus-p-reflect", "1.5"], ["--corpus-p-try", "0.6", "--corpus-p-reflect", "0.5"],
-                ["--corpus-max-attempts", "0"]):
+                ["--corpus-max-attempts", "0"], ["--corpus-p-second-language-reflect", "1.5"],
+                ["--corpus-p-second-language-other", "-0.5"], ["--rl-language-weight", "-1"],
+                ["--rl-language-weight", "nan"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
     cfg = train.parse_args(["--setup", "gpu", "--rl-lr", "1e-4", "--rl-kl-beta", "0", "--corpus-p-correct", "0.2"])
     assert cfg.grpo.lr == 1e-4 and cfg.grpo.kl_beta == 0 and cfg.preset == "small"
     assert cfg.corpus.p_correct == 0.2 and cfg.corpus.p_reflect == data.CorpusConfig().p_reflect
+    cfg = train.parse_args(["--corpus-p-second-language-reflect", "0.8", "--corpus-p-second-language-other",
+                            "0.05", "--rl-language-weight", "0.1"])
+    assert (cfg.corpus.p_second_language_reflect, cfg.corpus.p_second_language_other) == (0.8, 0.05)
+    assert cfg.grpo.language_weight == 0.1 and train.parse_args([]).grpo.language_weight == 0.0
 
 
 def test_setup_auto_picks_cpu_without_gpu_and_explicit_flags_win(monkeypatch, capsys):
@@ -85,11 +91,12 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     assert rows[0]["config"]["corpus"]["p_reflect"] == 0.2
     rl_steps = [r["step"] for r in rows if r["stage"] == "rl"]
     assert rl_steps == list(range(step + 3))  # every step exactly once, in order
-    for key in ("reward", "accuracy", "response_len_mean", "reflection_rate", "entropy", "kl", "clip_frac",
-                "router_max_over_mean", "rollout_s", "train_s"):
+    for key in ("reward", "accuracy", "response_len_mean", "reflection_rate", "language_consistency", "entropy",
+                "kl", "clip_frac", "router_max_over_mean", "rollout_s", "train_s"):
         assert key in rows[-1], key
     evals = json.load(open(os.path.join(out, "eval.json")))
     assert {"base", "rl"} <= set(evals) and 0 <= evals["rl"]["pass@1"] <= 1
+    assert 0 <= evals["base"]["language_consistency"] <= 1 and 0 <= evals["rl"]["language_consistency"] <= 1
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     # resuming onto another device (a GPU; "meta" stands in for it here) moves the model, not the RNG state
     ckpt = load_checkpoint(os.path.join(out, "rl.pt"), device="meta")
