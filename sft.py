@@ -8,6 +8,7 @@ completion only. The building block of DeepSeek-R1's stages other than RL (arXiv
 
     python sft.py --init out/base.pt --data sft.jsonl --out-dir out_sft
     python sft.py --init out/base.pt --data sft.jsonl --out-dir out_sft --resume   # after an interruption
+    torchrun --standalone --nproc-per-node 8 sft.py ...                            # data parallel (distributed.py)
 
 Writes to --out-dir: sft.pt (the model, with optimizer and step, so that it can resume) and metrics.jsonl.
 
@@ -17,6 +18,8 @@ which ends with the prefilled "<think>", and the completion is the rest of the a
 
 Loss. Cross-entropy averaged over the completion tokens of the batch: each token weighs the same (DAPO's
 "token-mean"); prompt and padding positions are masked (the model reads the prompt, it is not taught to write it).
+Under torchrun each rank takes every N-th row of the batch and divides its token sum by the whole batch's count,
+so the N ranks' losses add up to one process's loss on the whole batch (as grpo.py's "token-mean" does).
 
 Packing. Examples are packed whole, several to a row of seq_len tokens (best-fit decreasing, TRL's "bfd"), never
 split across rows. The model's segment_ids keep attention inside each example and restart its RoPE positions,
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import distributed
 from checkpoint import git_commit, load_checkpoint, save_checkpoint
 
 IGNORE = -100  # target of positions outside the completions (F.cross_entropy's ignore_index)
@@ -51,7 +55,7 @@ IGNORE = -100  # target of positions outside the completions (F.cross_entropy's 
 class SFTConfig:
     epochs: int = 2              # passes over the data (R1 sec. 2.3.3: two epochs)
     steps: int = 0               # optimizer steps; 0: as many as `epochs` takes (the last batch may be short)
-    batch_size: int = 16         # packed rows per step
+    batch_size: int = 16         # packed rows per step, over all ranks together under torchrun
     seq_len: int = 640           # tokens per row; at most the model's max_seq_len
     lr: float = 1e-4             # not tuned yet
     warmup: int = 10             # steps of linear warmup, then cosine decay
@@ -75,6 +79,7 @@ class SFTConfig:
             raise ValueError(f"--min-lr-frac must be in [0, 1], got {self.min_lr_frac}")
         if not self.max_grad_norm > 0:
             raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        distributed.per_rank(self.batch_size, "--batch-size")  # under torchrun: refused on every rank alike
 
 # -----------------------------------------------------------------------------
 # Examples: (prompt ids, completion ids) in the RL layout
@@ -187,9 +192,13 @@ def make_batch(examples, rows, seq_len, pad_id):
     return tokens, targets, segment_ids
 
 
-def sft_loss(logits, targets):
-    """Mean cross-entropy over the batch's completion tokens (positions whose target is not IGNORE)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+def sft_loss(logits, targets, n_total=None):
+    """Mean cross-entropy over the batch's completion tokens (positions whose target is not IGNORE). n_total
+    replaces the divisor when this batch is one rank's share: the whole batch's completion-token count."""
+    if n_total is None:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum") / n_total
 
 
 def rows_of_step(step, n_rows, cfg: SFTConfig):
@@ -217,7 +226,9 @@ def lr_at(step, total, cfg: SFTConfig):
 def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_step=0, opt_state=None):
     """Fine-tune `model` in place on examples (a list of (prompt ids, completion ids)). log(row) gets a dict
     per logged step; save(step, opt) is called every checkpoint_every steps and at the end. To resume, pass the
-    saved step as start_step and the optimizer's state_dict as opt_state. Returns a summary dict."""
+    saved step as start_step and the optimizer's state_dict as opt_state. Returns a summary dict.
+    Data parallel (distributed.py): every rank packs all rows and takes every W-th row of each global batch;
+    log gets the same rows, reduced over ranks, on every rank."""
     cfg.validate()
     if cfg.seq_len > model.cfg.max_seq_len:
         raise ValueError(f"--seq-len {cfg.seq_len} is longer than the model's max_seq_len {model.cfg.max_seq_len}")
@@ -227,11 +238,14 @@ def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_ste
     if not 0 <= start_step <= total:
         raise ValueError(f"cannot start at step {start_step} of a {total}-step run")
     summary = {"examples": len(examples), "dropped_too_long": dropped, "rows": len(rows), "steps": total}
-    print(f"sft: {len(examples)} examples ({dropped} longer than --seq-len {cfg.seq_len} dropped) packed in "
-          f"{len(rows)} rows; {total} steps of {cfg.batch_size} rows")
+    if distributed.is_main():
+        print(f"sft: {len(examples)} examples ({dropped} longer than --seq-len {cfg.seq_len} dropped) packed in "
+              f"{len(rows)} rows; {total} steps of {cfg.batch_size} rows")
     if start_step == 0:
         log({"stage": "sft_data", **summary})
     pad_id = data.get_tokenizer().encode_single_token(data.PAD)
+    W, rank = distributed.world_size(), distributed.rank()
+    train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     if opt_state:
         opt.load_state_dict(opt_state)
@@ -240,28 +254,35 @@ def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_ste
     t0, tokens_seen = time.time(), 0
     for step in range(start_step, total):
         batch = [rows[r] for r in rows_of_step(step, len(rows), cfg)]
-        tokens, targets, segment_ids = (t.to(device) for t in make_batch(examples, batch, cfg.seq_len, pad_id))
+        # this rank's rows; a short last batch may leave a rank none (it then adds nothing, but joins the all-reduce)
+        tokens, targets, segment_ids = (t.to(device) for t in
+                                        make_batch(examples, batch[rank::W], cfg.seq_len, pad_id))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
+        n_total = distributed.all_reduce_([(targets != IGNORE).sum()])[0]  # the global batch's completion tokens
         with autocast:
-            logits = model(tokens, segment_ids=segment_ids)
-        loss = sft_loss(logits, targets)
+            logits = train_model(tokens, segment_ids=segment_ids)
+        loss = sft_loss(logits, targets, n_total)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # this rank's loss is its share of the global loss; DDP averages gradients over the W ranks, so W x the
+        # share gives the gradient of the global loss
+        (loss * W).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
+        distributed.sum_router_load(model)  # the bias update follows the global load, the same on every rank
         tokens_seen += (segment_ids >= 0).sum().item()
         if step % cfg.log_every == 0 or step + 1 == total:
             balance = model.router_stats()
             dt = time.time() - t0
-            summary["loss"] = loss.item()
-            log({"stage": "sft", "step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                 "grad_norm": grad_norm.item(), "completion_tokens": (targets != IGNORE).sum().item(),
+            totals = distributed.all_reduce_metrics({"loss": loss.item(), "tokens": tokens_seen}, "sum")
+            summary["loss"] = totals["loss"]
+            log({"stage": "sft", "step": step, "loss": totals["loss"], "lr": opt.param_groups[0]["lr"],
+                 "grad_norm": grad_norm.item(), "completion_tokens": n_total.item(),
                  "epoch": (step * cfg.batch_size + len(batch)) / len(rows),
                  "router_max_over_mean": sum(balance) / len(balance) if balance else None,
-                 "tokens_per_s": tokens_seen / dt, "elapsed_s": dt})
+                 "tokens_per_s": totals["tokens"] / dt, "elapsed_s": dt})
         model.update_router_bias()  # aux-loss-free balancing, once per step as in pretraining
         if save is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
             save(step + 1, opt)
@@ -287,19 +308,25 @@ def main(argv=None):
     parser.add_argument("--out-dir", default="out_sft")
     parser.add_argument("--resume", action="store_true", help="continue from out-dir/sft.pt")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    parser.add_argument("--dist-backend", default="auto", help="under torchrun: nccl (GPUs) or gloo (CPU); auto "
+                                                               "picks by device")
     for f in fields(SFTConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                             help=f"default: {f.default}")
     args = parser.parse_args(argv)
     cfg = SFTConfig(**{f.name: getattr(args, f.name) for f in fields(SFTConfig)})
     try:
-        cfg.validate()
+        cfg.validate()  # under torchrun: refused on every rank alike, before any rank waits for the others
+        distributed.check_backend(args.dist_backend, args.device)
         examples = load_examples(args.data)
     except (ValueError, OSError) as err:
         parser.error(str(err))
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but no CUDA device is available")
+    device = distributed.setup(args.device, args.dist_backend)  # under torchrun: join the other ranks
+    # rank 0 alone writes files and prints; every rank reads the checkpoint it resumes from
+    main_rank = distributed.is_main()
+    say = print if main_rank else (lambda *args: None)
     os.makedirs(args.out_dir, exist_ok=True)
     ckpt_path, metrics_path = os.path.join(args.out_dir, "sft.pt"), os.path.join(args.out_dir, "metrics.jsonl")
     data_sha = hashlib.sha256(open(args.data, "rb").read()).hexdigest()
@@ -314,33 +341,38 @@ def main(argv=None):
                              f"{'settings (' + ', '.join(changed) + ')' if changed else '--data'}; resuming needs "
                              "the same data and settings")
         model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-        print(f"resumed SFT at step {start}")
-        drop_rows_from(metrics_path, start)
+        say(f"resumed SFT at step {start}")
+        if main_rank:
+            drop_rows_from(metrics_path, start)
     else:
         if not args.init:
             parser.error("--init is required (the checkpoint to fine-tune)")
         model = load_checkpoint(args.init, device)["model"]
-        if os.path.exists(metrics_path):
+        if main_rank and os.path.exists(metrics_path):
             os.remove(metrics_path)
-    metrics_file = open(metrics_path, "a")
+    metrics_file = open(metrics_path, "a") if main_rank else None
 
     def log(row):
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
+        if main_rank:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
 
     if start == 0:
         log({"stage": "config", "config": asdict(cfg), "init": args.init, "data": args.data, "data_sha": data_sha,
              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-             "torch": torch.__version__, "commit": git_commit(),
+             "torch": torch.__version__, "commit": git_commit(), "world_size": distributed.world_size(),
              "command": shlex.join(["python", "sft.py", *(sys.argv[1:] if argv is None else argv)])})
 
     def save(step, opt):
-        save_checkpoint(ckpt_path, model, stage="sft", step=step, opt=opt.state_dict(), sft_config=asdict(cfg),
-                        data_sha=data_sha, init=args.init)
+        if main_rank:
+            save_checkpoint(ckpt_path, model, stage="sft", step=step, opt=opt.state_dict(), sft_config=asdict(cfg),
+                            data_sha=data_sha, init=args.init)
 
     summary = sft(model, examples, cfg, device, log, save, start, opt_state)
-    metrics_file.close()
-    print(f"done: {summary}; model in {ckpt_path}")
+    if main_rank:
+        metrics_file.close()
+    say(f"done: {summary}; model in {ckpt_path}")
+    distributed.cleanup()
     return summary
 
 

@@ -1,6 +1,7 @@
 """Data parallelism on CPU: 2 processes over gloo must reproduce one process on the combined batch."""
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -10,9 +11,12 @@ import torch
 import torch.multiprocessing as mp
 
 import distributed
+import sft
 import train
+from checkpoint import load_checkpoint, save_checkpoint
 from grpo import LOSS_AGG_MODES, GRPOConfig, GRPOTrainer
 from model import Transformer, make_config
+from sample import stop_token_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = train.TrainConfig(preset="tiny", device="cpu", pretrain_steps=2, pretrain_batch_size=8,
@@ -21,6 +25,7 @@ N_PROMPTS, G = 4, 4
 # no clipping: gradients are compared as they are, scale included (AdamW would hide a wrong scale)
 GRPO = GRPOConfig(group_size=G, max_new_tokens=12, lr=1e-3, epochs=2, minibatches=2, kl_beta=0.01,
                   max_grad_norm=1e9)
+SFT = sft.SFTConfig(epochs=1, batch_size=4, seq_len=24, lr=1e-3, warmup=0, max_grad_norm=1e9, log_every=1)
 
 
 def fresh_model():
@@ -41,8 +46,16 @@ def rollouts():
     return prompts, completions, torch.rand(N_PROMPTS, G, generator=g).round()
 
 
+def sft_examples():
+    """Ragged examples packed in 5 rows: a full batch of 4, then a last batch of 1 row (one rank gets none)."""
+    rng, stop = random.Random(1), stop_token_ids()[0]
+    return [([rng.randrange(450) for _ in range(rng.randint(2, 12))],
+             [rng.randrange(450) for _ in range(rng.randint(0, 10))] + [stop]) for _ in range(8)]
+
+
 def train_steps():
-    """One pretraining run of 2 steps and one GRPO update per loss mode, on this rank's share of the batch."""
+    """One pretraining run of 2 steps, one GRPO update per loss mode and an SFT run of 2 steps, on this rank's
+    share of each batch."""
     model, losses = fresh_model(), []
     train.pretrain(model, PRETRAIN, torch.device("cpu"), log=lambda row: losses.append(row["loss"]),
                    save=lambda step, opt: None)
@@ -56,6 +69,10 @@ def train_steps():
         stats = trainer.update(prompts[r * n * G:(r + 1) * n * G], completions[r * n * G:(r + 1) * n * G],
                                reward[r * n:(r + 1) * n])
         out[mode] = (stats["loss"], model.state_dict(), [p.grad.clone() for p in model.parameters()])
+    model, rows = fresh_model(), []
+    assert sft.sft(model, sft_examples(), SFT, torch.device("cpu"), log=rows.append)["rows"] == 5
+    out["sft"] = ([row["loss"] for row in rows if row["stage"] == "sft"], model.state_dict(),
+                  [p.grad.clone() for p in model.parameters()])
     return out
 
 
@@ -88,7 +105,8 @@ def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
         single = train_steps()  # this process: no process group, world size 1, the whole batch
     finally:
         torch.set_num_threads(threads)
-    for key in ["pretrain", *LOSS_AGG_MODES]:
+    assert len(single["sft"][0]) == 2
+    for key in ["pretrain", *LOSS_AGG_MODES, "sft"]:
         loss, weights, grads = single[key]
         for rank in ranks:
             assert rank[key][0] == pytest.approx(loss, abs=1e-5), key
@@ -97,15 +115,16 @@ def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
         for g_rank, g_single in zip(ranks[0][key][2], grads):
             torch.testing.assert_close(g_rank, g_single, rtol=1e-4, atol=1e-6, msg=key)
     # the update did something: a test of equal weights must not pass on weights that never moved
-    assert not torch.equal(single["token-mean"][1]["head.weight"], fresh_model().state_dict()["head.weight"])
+    for key in ("token-mean", "sft"):
+        assert not torch.equal(single[key][1]["head.weight"], fresh_model().state_dict()["head.weight"])
 
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own default for several processes per machine
 
 
-def torchrun(args, nproc=2, timeout=240):
+def torchrun(args, nproc=2, timeout=240, script="train.py"):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(nproc), "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                           str(nproc), script, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=ONE_THREAD)
 
 
@@ -132,6 +151,44 @@ def test_two_ranks_resume_a_one_rank_run(tmp_path):
     assert ckpt["step"] == 3 and not any(k.startswith("module.") for k in ckpt["model"])
 
 
+def test_two_ranks_resume_a_one_rank_sft_run(tmp_path, monkeypatch):
+    init, path = str(tmp_path / "base.pt"), tmp_path / "sft.jsonl"
+    save_checkpoint(init, fresh_model(), stage="base")
+    path.write_text("".join(json.dumps({"prompt": f"User: {a} + {b}? Assistant: <think>",
+                                        "completion": f" {a} + {b} = {a + b}. </think> <answer> {a + b} </answer>"})
+                            + "\n" for a, b in [(2, 3), (17, 4), (120, 35), (9, 9), (41, 8), (6, 250)]))
+    args = ["--init", init, "--data", str(path), "--device", "cpu", "--steps", "4", "--batch-size", "2",
+            "--seq-len", "40", "--lr", "1e-3", "--warmup", "0", "--checkpoint-every", "2", "--log-every", "1"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sft.main(args + ["--out-dir", str(tmp_path / "a")])  # one process, uninterrupted
+        lr_at = sft.lr_at
+
+        def crash_at_step_2(step, total, cfg):
+            if step == 2:
+                raise KeyboardInterrupt  # killed after the step-2 checkpoint
+            return lr_at(step, total, cfg)
+
+        monkeypatch.setattr(sft, "lr_at", crash_at_step_2)
+        with pytest.raises(KeyboardInterrupt):
+            sft.main(args + ["--out-dir", str(tmp_path / "b")])  # one process, interrupted
+    finally:
+        torch.set_num_threads(threads)
+    assert load_checkpoint(str(tmp_path / "b" / "sft.pt"))["step"] == 2
+    two = torchrun([*args, "--out-dir", str(tmp_path / "b"), "--resume"], script="sft.py")
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count("resumed SFT at step 2") == 1  # rank 0 alone prints
+    a, b = (load_checkpoint(str(tmp_path / run / "sft.pt")) for run in ("a", "b"))
+    assert a["step"] == b["step"] == 4 and a["sft_config"] == b["sft_config"]
+    assert_same(b["model"].state_dict(), a["model"].state_dict())
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["stage"] == "sft"] == [0, 1, 2, 3]  # rank 0 alone writes: each step once
+    rows_a = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    assert [r["loss"] for r in rows if r["stage"] == "sft"] == pytest.approx(
+        [r["loss"] for r in rows_a if r["stage"] == "sft"], abs=1e-5)
+
+
 def test_bad_batch_stops_every_rank_with_a_clear_message():
     run = torchrun([*TINY, "--pretrain-batch-size", "7", "--out-dir", "unused"], timeout=120)
     assert run.returncode != 0
@@ -143,6 +200,10 @@ def test_bad_world_settings_are_refused_before_any_process_group(monkeypatch):
     for bad in (["--rl-prompts-per-step", "3"], ["--pretrain-batch-size", "5"], ["--dist-backend", "mpi"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
+    with pytest.raises(ValueError, match=r"--batch-size = 3 must be divisible by the number of processes \(2\)"):
+        sft.SFTConfig(batch_size=3).validate()
+    with pytest.raises(SystemExit):  # before any process group, before reading --data
+        sft.main(["--data", "unused.jsonl", "--batch-size", "3"])
     with pytest.raises(ValueError, match="nccl needs CUDA"):
         distributed.check_backend("nccl", "cpu")
     with pytest.raises(ValueError, match="pins one GPU"):
