@@ -103,6 +103,16 @@ def get_tokenizer() -> tiktoken.Encoding:
     return tiktoken.Encoding(name="nanor1", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special)
 
 
+def stop_token_ids():
+    """The tokens an assistant turn ends with: generation stops at either (sample.py)."""
+    enc = get_tokenizer()
+    return [enc.encode_single_token("</answer>"), enc.encode_single_token(EOT)]
+
+
+def pad_token_id():
+    return get_tokenizer().encode_single_token(PAD)
+
+
 def encode(text: str) -> list[int]:
     """Text to ids; the template tags and end-of-text written in text become their special tokens."""
     return get_tokenizer().encode(text, allowed_special="all")

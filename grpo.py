@@ -57,10 +57,10 @@ from dataclasses import dataclass
 import torch
 
 import distributed
-from data import encode, get_tokenizer, make_prompt
+from data import encode, get_tokenizer, make_prompt, pad_token_id, stop_token_ids
 from kernels import token_logprobs
 from rewards import score
-from sample import Decoder, pad_token_id, stop_token_ids
+from sample import Decoder
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 

@@ -14,17 +14,9 @@ import time
 import torch
 
 from checkpoint import load_checkpoint
-from data import EOT, PAD, check_countdown, countdown_question, encode, get_tokenizer, make_prompt
+from data import (check_countdown, countdown_question, encode, get_tokenizer, make_prompt, pad_token_id,
+                  stop_token_ids)
 from model import KVCache
-
-
-def stop_token_ids():
-    enc = get_tokenizer()
-    return [enc.encode_single_token("</answer>"), enc.encode_single_token(EOT)]
-
-
-def pad_token_id():
-    return get_tokenizer().encode_single_token(PAD)
 
 
 def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):

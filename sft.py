@@ -85,12 +85,6 @@ class SFTConfig:
 # Examples: (prompt ids, completion ids) in the RL layout
 
 
-def stop_token_ids():
-    """The tokens an assistant turn ends with (sample.py stops generation at the same two)."""
-    enc = data.get_tokenizer()
-    return {enc.encode_single_token("</answer>"), enc.encode_single_token(data.EOT)}
-
-
 def example_from_text(prompt, completion):
     """Prompt and completion text -> (prompt ids, completion ids). The prompt normally is
     data.make_prompt(question), ending with the prefilled "<think>"; a completion written as the whole turn
@@ -100,7 +94,7 @@ def example_from_text(prompt, completion):
     prompt_ids, completion_ids = data.encode(prompt), data.encode(completion)
     if not prompt_ids or not completion_ids:
         raise ValueError("prompt and completion must both be non-empty")
-    if completion_ids[-1] not in stop_token_ids():
+    if completion_ids[-1] not in data.stop_token_ids():
         raise ValueError(f"the completion must end with </answer> or {data.EOT}, as a finished RL rollout does "
                          f"(it ends with {completion[-20:]!r})")
     return prompt_ids, completion_ids
@@ -136,7 +130,7 @@ def check_examples(examples, seq_len, vocab_size):
     """Validate token-id examples and drop those longer than seq_len. Returns (kept, number dropped)."""
     if not examples:
         raise ValueError("no SFT examples: the set is empty, there is nothing to train on")
-    stops = stop_token_ids()
+    stops = data.stop_token_ids()
     for i, (prompt, completion) in enumerate(examples):
         if not prompt or not completion:
             raise ValueError(f"SFT example {i}: prompt and completion need at least one token each")

@@ -16,7 +16,7 @@ import train
 from checkpoint import load_checkpoint, save_checkpoint
 from grpo import LOSS_AGG_MODES, GRPOConfig, GRPOTrainer
 from model import Transformer, make_config
-from sample import stop_token_ids
+from data import stop_token_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = train.TrainConfig(preset="tiny", device="cpu", pretrain_steps=2, pretrain_batch_size=8,

@@ -370,7 +370,7 @@ def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
     """With overlong filtering, a rollout that ran out of budget gets no gradient; the others are unchanged."""
     from grpo import GRPOConfig, GRPOTrainer
     from model import Transformer, make_config
-    from sample import stop_token_ids
+    from data import stop_token_ids
 
     stop = stop_token_ids()[0]
     prompts = [[5, 6, 7]] * 4

@@ -9,7 +9,8 @@ import data
 import sft
 from checkpoint import load_checkpoint, save_checkpoint
 from model import Transformer, make_config
-from sample import generate, pad_token_id, stop_token_ids
+from data import pad_token_id, stop_token_ids
+from sample import generate
 
 STOP = stop_token_ids()[0]  # "</answer>"
 
