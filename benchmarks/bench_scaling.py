@@ -1,0 +1,74 @@
+"""
+Data-parallel scaling: the same short `train.py` run on 1 and on N GPUs under torchrun, with the same global
+batch, for each preset asked for. It reads each run's metrics.jsonl and prints pretraining tokens/s and the RL
+step's rollout and update times beside the one-GPU run.
+
+    python benchmarks/bench_scaling.py --nproc 2 --presets small medium     # on a machine with 2 GPUs
+    python benchmarks/bench_scaling.py --nproc 2 --presets tiny --device cpu --pretrain-steps 4 --rl-steps 2 \\
+        --rl-prompts-per-step 4 --rl-max-new-tokens 16      # a dry run of the plumbing on CPU (gloo)
+
+Any option it does not know goes to train.py unchanged. Pretraining tokens/s is the run's own figure for its
+last logged step (global tokens over elapsed time, first steps included); rollout and update seconds are means
+over the RL steps after the first (which captures the CUDA graphs). Rollouts decode what the short-trained
+policy writes, so their lengths, and the time they take, differ a little from run to run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from checkpoint import git_commit  # noqa: E402
+
+SHORT_RUN = ["--pretrain-steps", "60", "--log-every", "10", "--rl-steps", "6", "--eval-problems", "0",
+             "--checkpoint-every", "1000"]
+
+
+def run(preset, nproc, extra, out_dir):
+    """One train.py run under torchrun; returns its metrics rows."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "train.py", "--preset", preset, "--out-dir", out_dir, *SHORT_RUN, *extra]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+
+
+def summarise(rows):
+    pre = [r for r in rows if r.get("stage") == "pretrain"]
+    rl = [r for r in rows if r.get("stage") == "rl"][1:] or [r for r in rows if r.get("stage") == "rl"]
+    mean = lambda key: sum(r[key] for r in rl) / len(rl) if rl else float("nan")
+    return {"pretrain_tokens_per_s": pre[-1]["tokens_per_s"] if pre else float("nan"),
+            "rollout_s": mean("rollout_s"), "update_s": mean("train_s"),
+            "rollout_tokens_per_s": mean("rollout_tokens_per_s")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nproc", type=int, default=2, help="GPUs (processes) to compare with one")
+    parser.add_argument("--presets", nargs="+", default=["small", "medium"])
+    args, extra = parser.parse_known_args()
+    if args.nproc < 2:
+        parser.error("--nproc must be >= 2")
+    print(f"commit {git_commit()}; train.py {' '.join(SHORT_RUN + extra)}")
+    print(f"{'preset':>7} | {'GPUs':>4} | {'pretrain tok/s':>14} | {'speed-up':>8} | {'rollout s':>9} | "
+          f"{'update s':>8} | {'RL step speed-up':>16}")
+    for preset in args.presets:
+        results = {}
+        for nproc in (1, args.nproc):
+            with tempfile.TemporaryDirectory() as out_dir:
+                results[nproc] = summarise(run(preset, nproc, extra, out_dir))
+        one = results[1]
+        for nproc, r in results.items():
+            step, one_step = r["rollout_s"] + r["update_s"], one["rollout_s"] + one["update_s"]
+            print(f"{preset:>7} | {nproc:>4} | {r['pretrain_tokens_per_s']:>14,.0f} | "
+                  f"{r['pretrain_tokens_per_s'] / one['pretrain_tokens_per_s']:>7.2f}x | {r['rollout_s']:>9.3f} | "
+                  f"{r['update_s']:>8.3f} | {one_step / step:>15.2f}x")
+
+
+if __name__ == "__main__":
+    main()
