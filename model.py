@@ -81,6 +81,11 @@ PRESETS = {
     # 8.7x small's active parameters (114M of 478M), for several GPUs (distributed.py); DDP's full copy per GPU
     # (weights, gradients, AdamW state: ~8 GB) still fits an 80 GB card, so it needs no sharding
     "medium": ModelConfig(dim=768, n_layers=12, n_heads=12, dense_hidden=3072, moe_hidden=1024),
+    # Dense students for distillation (R1 sec. 2.4 distils into dense models): every layer a plain SwiGLU, no
+    # experts; 1.2M, 4.5M and 12.2M parameters, all below the small teacher's 42M (13M active per token)
+    "dense-1m": ModelConfig(dim=128, n_layers=4, n_heads=4, n_dense_layers=4, dense_hidden=512),
+    "dense-4m": ModelConfig(dim=256, n_layers=4, n_heads=4, n_dense_layers=4, dense_hidden=1024),
+    "dense-12m": ModelConfig(dim=384, n_layers=5, n_heads=6, n_dense_layers=5, dense_hidden=1536),
     # train.py's CPU setup: ~0.8M parameters, pretrains at ~14k tokens/s on 2 CPU cores
     "cpu": ModelConfig(dim=128, n_layers=3, n_heads=4, dense_hidden=512, n_routed_experts=4,
                        n_activated_experts=2, moe_hidden=64),

@@ -197,3 +197,19 @@ def test_mla_absorbed_decode_equals_naive_decode_and_the_uncached_forward():
         a16, _ = decode_logits(absorb, prompts, steps=6, dtype=torch.bfloat16)
         n16, _ = decode_logits(naive, prompts, steps=6, dtype=torch.bfloat16)
     assert rel_err(a16, n16) < 2e-2 and rel_err(a16, full) < 2e-2 and rel_err(n16, full) < 2e-2
+
+
+@pytest.mark.parametrize("preset", ["dense-1m", "dense-4m", "dense-12m"])
+def test_dense_student_presets_have_no_experts_and_train(preset):
+    torch.manual_seed(0)
+    model = Transformer(make_config(preset))
+    assert not model.gates() and model.num_params(active=True) == model.num_params()
+    with torch.device("meta"):
+        teacher = Transformer(make_config("small"))
+    assert model.num_params() < teacher.num_params(active=True) < teacher.num_params()  # smaller than the teacher
+    tokens = torch.randint(0, 512, (2, 12))
+    logits = model(tokens[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.router_stats() == [] and model.update_router_bias() is None
