@@ -218,8 +218,9 @@ def draw_curves(rows):
               ("mean response length (tokens)", rl, "response_len_mean"),
               ("reflections per response", rl, "reflection_rate"), ("entropy", rl, "entropy"),
               ("KL to reference", rl, "kl"), ("router max/mean load", rl, "router_max_over_mean"),
-              ("reward", rl, "reward")]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+              ("reward", rl, "reward"), ("language consistency (R1 sec. 2.3.2)", rl, "language_consistency"),
+              ("truncated responses", rl, "truncated")]
+    fig, axes = plt.subplots(2, 5, figsize=(20, 7))
     for ax, (title, rs, key) in zip(axes.flat, panels):
         pts = [(r["step"], r[key]) for r in rs if r.get(key) is not None]
         if pts:
