@@ -315,12 +315,53 @@ def drop_rows_from(files, stage, step):
     """Steps logged after the checkpoint we resume from are redone: drop their rows so each appears once."""
     def redone(line):
         row = json.loads(line)
-        return row.get("stage", "rl") == stage and row["step"] >= step  # aha.jsonl rows are RL rows
+        return row.get("stage", "rl") == stage and row["step"] >= step  # older aha.jsonl rows have no stage: RL
     for path in files:
         if os.path.exists(path):
             lines = [line for line in open(path) if not redone(line)]
             with open(path, "w") as f:
                 f.writelines(lines)
+
+
+def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", grpo_cfg=None, steps=None):
+    """GRPO on `model`, in place: `steps` RL steps (default cfg.rl_steps) of cfg.rl_prompts_per_step prompts drawn
+    from train_rows, logged as `stage` rows, with reflective correct answers appended to paths["aha.jsonl"] and a
+    resumable checkpoint in paths[stage + ".pt"] (picked up when cfg.resume)."""
+    main_rank, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
+    say = print if main_rank else (lambda *args: None)
+    steps = cfg.rl_steps if steps is None else steps
+    ckpt_path = paths[stage + ".pt"]
+    trainer = GRPOTrainer(model, grpo_cfg or cfg.grpo, device, seed=cfg.seed)
+    start = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path, device)
+        model.load_state_dict(ckpt["model"].state_dict())
+        trainer.load_state_dict(ckpt["trainer"])
+        start = ckpt["step"]
+        say(f"resumed {stage.upper()} at step {start}")
+        if main_rank:
+            drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], stage, start)
+    rng = random.Random(cfg.seed)
+    if start:
+        rng.setstate(ckpt["rng"])
+        if main_rank:  # the checkpoint holds rank 0's sampling RNG; the other ranks start afresh
+            torch.set_rng_state(ckpt["torch_rng"])
+        else:
+            torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
+    P = cfg.rl_prompts_per_step // world  # this rank's prompts: whole groups, so advantages stay local
+    bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, disable=not main_rank)
+    for step in bar:
+        batch = rng.sample(train_rows, cfg.rl_prompts_per_step)[rank * P:(rank + 1) * P]
+        stats, aha = trainer.step(batch)
+        log({"stage": stage, "step": step, **stats})
+        if main_rank:  # rank 0's own examples
+            with open(paths["aha.jsonl"], "a") as f:
+                for example in aha:
+                    f.write(json.dumps({"stage": stage, "step": step, **example}) + "\n")
+        bar.set_postfix(acc=f"{stats['accuracy']:.2f}", len=f"{stats['response_len_mean']:.0f}")
+        if main_rank and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps):
+            save_checkpoint(ckpt_path, model, stage=stage, step=step + 1, trainer=trainer.state_dict(),
+                            train_config=asdict(cfg), rng=rng.getstate(), torch_rng=torch.get_rng_state())
 
 
 def main(cfg: TrainConfig):
@@ -393,38 +434,7 @@ def main(cfg: TrainConfig):
             json.dump(evals, open(paths["eval.json"], "w"), indent=2)
 
     # 2. R1-Zero RL on the base model
-    train_rows = data.countdown_dataset("train", seed=cfg.seed).to_list()
-    trainer = GRPOTrainer(model, cfg.grpo, device, seed=cfg.seed)
-    start = 0
-    if cfg.resume and os.path.exists(paths["rl.pt"]):
-        ckpt = load_checkpoint(paths["rl.pt"], device)
-        model.load_state_dict(ckpt["model"].state_dict())
-        trainer.load_state_dict(ckpt["trainer"])
-        start = ckpt["step"]
-        say(f"resumed RL at step {start}")
-        if main_rank:
-            drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], "rl", start)
-    rng = random.Random(cfg.seed)
-    if start:
-        rng.setstate(ckpt["rng"])
-        if main_rank:  # the checkpoint holds rank 0's sampling RNG; the other ranks start afresh
-            torch.set_rng_state(ckpt["torch_rng"])
-        else:
-            torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
-    P = cfg.rl_prompts_per_step // world  # this rank's prompts: whole groups, so advantages stay local
-    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps, disable=not main_rank)
-    for step in bar:
-        batch = rng.sample(train_rows, cfg.rl_prompts_per_step)[rank * P:(rank + 1) * P]
-        stats, aha = trainer.step(batch)
-        log({"stage": "rl", "step": step, **stats})
-        if main_rank:  # rank 0's own examples
-            with open(paths["aha.jsonl"], "a") as f:
-                for example in aha:
-                    f.write(json.dumps({"step": step, **example}) + "\n")
-        bar.set_postfix(acc=f"{stats['accuracy']:.2f}", len=f"{stats['response_len_mean']:.0f}")
-        if main_rank and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
-            save_checkpoint(paths["rl.pt"], model, stage="rl", step=step + 1, trainer=trainer.state_dict(),
-                            train_config=asdict(cfg), rng=rng.getstate(), torch_rng=torch.get_rng_state())
+    run_rl(model, cfg, device, log, paths, data.countdown_dataset("train", seed=cfg.seed).to_list())
 
     # 3. Evaluate the RL model on the same held-out problems
     if cfg.rl_steps and cfg.eval_problems:
