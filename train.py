@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -36,11 +36,56 @@ import rewards
 from checkpoint import git_commit, load_checkpoint, save_checkpoint
 from grpo import GRPOConfig, GRPOTrainer
 from model import Transformer, make_config
+from rejection import RejectionConfig, rejection_sample
 from sample import Decoder
+from sft import SFTConfig, example_from_text, sft
+
+
+@dataclass
+class R1Config:
+    """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1. Not tuned yet."""
+    coldstart_examples: int = 3000      # sec. 2.3.1: "thousands of" readable long-CoT examples
+    coldstart_epochs: int = 2
+    coldstart_lr: float = 1e-4
+    reasoning_rl_steps: int = 120       # sec. 2.3.2: reasoning RL on the cold-started model
+    language_weight: float = 1.0        # sec. 2.3.2's language-consistency reward, in stages 2 and 4
+    rejection_problems: int = 1000      # sec. 2.3.3: RL-split prompts sampled from the stage-2 model
+    rejection_samples_per_prompt: int = 8
+    rejection_keep_per_prompt: int = 4
+    rejection_max_tokens_frac: float = 0.875  # longest kept answer, as a share of --rl-max-new-tokens (448/512)
+    non_reasoning_fraction: float = 0.25  # of the SFT set (R1: 200k of 800k samples are non-reasoning)
+    rsft_epochs: int = 2                # sec. 2.3.3: "fine-tune DeepSeek-V3-Base for two epochs"
+    rsft_lr: float = 1e-4
+    sft_batch_size: int = 16            # both SFT stages
+    sft_seq_len: int = 640              # at most the model's max_seq_len
+    sft_checkpoint_every: int = 50      # SFT steps between checkpoints
+    final_rl_steps: int = 120           # sec. 2.3.4: RL for all scenarios on the rejection-SFT model
+    final_arithmetic_fraction: float = 0.25  # of stage 4's prompts: non-Countdown ("Compute ...") problems
+
+    def validate(self):
+        for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
+                     "rejection_keep_per_prompt", "rsft_epochs", "sft_batch_size", "sft_seq_len",
+                     "sft_checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--r1-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("reasoning_rl_steps", "final_rl_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--r1-{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("coldstart_lr", "rsft_lr"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"--r1-{name.replace('_', '-')} must be a positive number")
+        if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
+            raise ValueError(f"--r1-language-weight must be >= 0, got {self.language_weight}")
+        if not 0 < self.rejection_max_tokens_frac <= 1:
+            raise ValueError("--r1-rejection-max-tokens-frac must be in (0, 1]")
+        for name in ("non_reasoning_fraction", "final_arithmetic_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--r1-{name.replace('_', '-')} must be in [0, 1)")
 
 
 @dataclass
 class TrainConfig:
+    recipe: str = "r1-zero"             # r1-zero: base -> RL; r1: base -> cold start -> RL -> rejection SFT -> RL
     setup: str = "auto"                 # gpu (these defaults) or cpu (CPU_SETUP); auto: cpu when no GPU is used
     preset: str = "small"               # model preset: tiny (CPU tests), cpu (CPU_SETUP), small (one GPU), medium
     out_dir: str = "out"
@@ -67,6 +112,7 @@ class TrainConfig:
     checkpoint_every: int = 20          # RL steps between checkpoints
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
+    r1: R1Config = field(default_factory=R1Config)
 
 
 # The CPU setup: the GPU recipe above would take hours on a CPU. These values replace its defaults, except for the
@@ -261,7 +307,7 @@ def parse_args(argv=None) -> TrainConfig:
             parser.add_argument(flag, dest=name, type=type(default), default=argparse.SUPPRESS, help=help)
 
     # the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
-    nested = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_")}
+    nested = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_"), "r1": (R1Config, "r1_")}
     for f in fields(TrainConfig):
         if f.name not in nested:
             add(f.name, getattr(TrainConfig, f.name))
@@ -303,8 +349,11 @@ def validate(cfg: TrainConfig):
         raise ValueError("need --eval-temperature >= 0 and 0 < --eval-top-p <= 1")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device}")
+    if cfg.recipe not in ("r1-zero", "r1"):
+        raise ValueError(f"--recipe must be r1-zero or r1, got {cfg.recipe}")
     cfg.grpo.validate()
     cfg.corpus.validate()
+    cfg.r1.validate()
     # under torchrun: refused on every rank alike, before any rank waits for the others
     distributed.check_backend(cfg.dist_backend, cfg.device)
     distributed.per_rank(cfg.pretrain_batch_size, "--pretrain-batch-size")
@@ -364,6 +413,148 @@ def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", 
                             train_config=asdict(cfg), rng=rng.getstate(), torch_rng=torch.get_rng_state())
 
 
+# -----------------------------------------------------------------------------
+# The DeepSeek-R1 recipe (--recipe r1, arXiv:2501.12948 sec. 2.3): the stages after the base model
+
+def coldstart_examples(cfg: TrainConfig):
+    """Sec. 2.3.1's cold-start data at our scale: "readable" long CoTs written by the corpus writer in its
+    reflect style (try a candidate, say "Wait" on a miss, verify the hit), English only, kept only when the final
+    answer is right, on "pretrain"-split problems (never an answer to an RL problem)."""
+    style = replace(cfg.corpus, p_try=0.0, p_reflect=1.0, p_second_language_reflect=0.0, p_second_language_other=0.0)
+    rng, problems, n = random.Random(cfg.seed), data.countdown_problems("pretrain"), cfg.r1.coldstart_examples
+    examples, written = [], 0
+    while len(examples) < n and written < 20 * n:  # a reflect document ends right unless it runs out of attempts
+        numbers, target = rng.choice(problems)
+        row = data.countdown_row(numbers, target, rng)
+        response = data.countdown_response(rng, (numbers, target), style)
+        written += 1
+        if rewards.score("<think>" + response, row).accuracy == 1:
+            examples.append(example_from_text(data.make_prompt(row["question"]), response))
+    if not examples:
+        raise ValueError(f"no valid cold-start example: none of {written} reflect-style answers ended correct "
+                         f"(--corpus-p-correct {cfg.corpus.p_correct}, --corpus-max-attempts "
+                         f"{cfg.corpus.max_attempts})")
+    return examples
+
+
+def non_reasoning_examples(n, seed):
+    """Sec. 2.3.3's non-reasoning data at our scale: "Compute ..." questions answered directly, with an empty
+    think ("for simpler queries ... we do not provide a CoT in response")."""
+    rng, examples = random.Random(seed), []
+    for _ in range(n):
+        e = data.arithmetic_expression(rng)
+        examples.append(example_from_text(data.make_prompt(data.arithmetic_question(e.text)),
+                                          f" </think> <answer> {e.value} </answer>"))
+    return examples
+
+
+def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
+    """Sec. 2.3.3's SFT set: the stage-2 model's finished, correct, single-language, not overlong answers to RL
+    problems (rejection.py), plus non-reasoning examples (--r1-non-reasoning-fraction of the set). The kept
+    answers go to rejection.jsonl, so that a resumed run trains on the same set without sampling again.
+    Rank 0 alone samples (rejection.py is single-process); the other ranks wait, then read the file."""
+    path, ok, err = paths["rejection.jsonl"], 1.0, None
+    if distributed.is_main() and not (cfg.resume and os.path.exists(path)):
+        rows = data.countdown_dataset("train", n=cfg.r1.rejection_problems, seed=cfg.seed).to_list()
+        rej_cfg = RejectionConfig(samples_per_prompt=cfg.r1.rejection_samples_per_prompt,
+                                  max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.grpo.temperature,
+                                  keep_per_prompt=cfg.r1.rejection_keep_per_prompt, seed=cfg.seed,
+                                  max_tokens=max(1, int(cfg.r1.rejection_max_tokens_frac * cfg.grpo.max_new_tokens)))
+        try:
+            kept, stats = rejection_sample(model, rows, rej_cfg)
+            log({"stage": "rejection", **stats})
+            with open(path + ".tmp", "w") as f:
+                f.writelines(json.dumps(example) + "\n" for example in kept)
+            os.replace(path + ".tmp", path)
+        except ValueError as error:
+            ok, err = 0.0, error
+    if not distributed.all_reduce_metrics({"ok": ok}, "min")["ok"]:  # also the other ranks' wait for the file
+        raise SystemExit(f"rejection sampling (R1 stage 3): {err or 'failed on rank 0'}")
+    examples = [example_from_text(data.make_prompt(obj["question"]), obj["completion"])
+                for _, obj in data.jsonl_objects(path)]
+    f = cfg.r1.non_reasoning_fraction
+    return examples + non_reasoning_examples(round(f / (1 - f) * len(examples)), cfg.seed)
+
+
+def all_scenarios_rows(cfg: TrainConfig):
+    """Sec. 2.3.4's prompts "from diverse scenarios", rule-rewarded: the Countdown RL problems plus "Compute ..."
+    arithmetic problems (--r1-final-arithmetic-fraction of all)."""
+    countdown = data.countdown_dataset("train", seed=cfg.seed).to_list()
+    f, rng = cfg.r1.final_arithmetic_fraction, random.Random(cfg.seed + 1)
+    arithmetic = [data.arithmetic_expression(rng) for _ in range(round(f / (1 - f) * len(countdown)))]
+    return countdown + [data.arithmetic_row(data.arithmetic_question(e.text), e.value) for e in arithmetic]
+
+
+def run_sft(model, examples_fn, sft_cfg: SFTConfig, cfg: TrainConfig, device, log, paths, stage):
+    """SFT of `model` on examples_fn()'s examples as `stage`, checkpointed in paths[stage + ".pt"] (step and
+    optimizer every sft_cfg.checkpoint_every steps; finished=True at the end). With --resume, a finished stage is
+    skipped (examples_fn is not even called) and an interrupted one continues. Returns the fine-tuned model.
+    Bad data (no example, none that fits) stops the run with a message naming the stage."""
+    main_rank, ckpt_path = distributed.is_main(), paths[stage + ".pt"]
+    say = print if main_rank else (lambda *args: None)
+    start, opt_state = 0, None
+    if cfg.resume and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path, device)
+        if ckpt.get("finished"):
+            say(f"resumed the finished {stage} model from {ckpt_path}")
+            return ckpt["model"]
+        model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+        say(f"resumed {stage} at step {start}")
+        if main_rank:
+            drop_rows_from([paths["metrics.jsonl"]], stage, start)
+
+    def stage_log(row):  # sft.py logs "sft" and "sft_data" rows: name them after the stage
+        log({**row, "stage": stage if row["stage"] == "sft" else stage + "_data"})
+
+    def save(step, opt):
+        if main_rank:
+            save_checkpoint(ckpt_path, model, stage=stage, step=step, opt=opt.state_dict(), finished=False)
+
+    try:
+        sft(model, examples_fn(), sft_cfg, device, stage_log, save, start, opt_state)
+    except ValueError as err:
+        raise SystemExit(f"{stage} SFT: {err}") from None
+    if main_rank:
+        save_checkpoint(ckpt_path, model, stage=stage, finished=True, train_config=asdict(cfg))
+    return model
+
+
+def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as):
+    """DeepSeek-R1's four stages after the base model, each resumable. evaluate_as(name, model, t0) evaluates
+    each stage's model on the held-out problems and records the stage's wall time since t0."""
+    r1 = cfg.r1
+
+    def sft_config(epochs, lr):
+        return SFTConfig(epochs=epochs, lr=lr, batch_size=r1.sft_batch_size, seq_len=r1.sft_seq_len,
+                         log_every=cfg.log_every, checkpoint_every=r1.sft_checkpoint_every, seed=cfg.seed)
+
+    language = replace(cfg.grpo, language_weight=r1.language_weight)  # sec. 2.3.2, kept in sec. 2.3.4
+    # 1. cold start (sec. 2.3.1): SFT of the base model on readable long CoTs
+    t0 = time.time()
+    model = run_sft(model, lambda: coldstart_examples(cfg), sft_config(r1.coldstart_epochs, r1.coldstart_lr),
+                    cfg, device, log, paths, "coldstart")
+    evaluate_as("coldstart", model, t0)
+    # 2. reasoning-oriented RL (sec. 2.3.2) on the cold-started model, with the language-consistency reward
+    t0 = time.time()
+    run_rl(model, cfg, device, log, paths, data.countdown_dataset("train", seed=cfg.seed).to_list(),
+           stage="rl_reasoning", grpo_cfg=language, steps=r1.reasoning_rl_steps)
+    evaluate_as("rl_reasoning", model, t0)
+    # 3. rejection sampling from the stage-2 model + non-reasoning data, then SFT of the *base* model for two
+    #    epochs (sec. 2.3.3: R1 restarts from DeepSeek-V3-Base, not from the RL model)
+    t0 = time.time()
+    reasoner = model
+    model = run_sft(load_checkpoint(paths["base.pt"], device)["model"],
+                    lambda: rejection_sft_examples(reasoner, cfg, paths, log),
+                    sft_config(r1.rsft_epochs, r1.rsft_lr), cfg, device, log, paths, "rsft")
+    evaluate_as("rsft", model, t0)
+    # 4. RL for all scenarios (sec. 2.3.4): Countdown and arithmetic prompts, rule rewards, language reward kept
+    t0 = time.time()
+    run_rl(model, cfg, device, log, paths, all_scenarios_rows(cfg), stage="rl_final", grpo_cfg=language,
+           steps=r1.final_rl_steps)
+    evaluate_as("r1", model, t0)
+    return model
+
+
 def main(cfg: TrainConfig):
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but no CUDA device is available")
@@ -375,7 +566,8 @@ def main(cfg: TrainConfig):
     say = print if main_rank else (lambda *args: None)
     os.makedirs(cfg.out_dir, exist_ok=True)
     paths = {name: os.path.join(cfg.out_dir, name) for name in
-             ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png")}
+             ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png",
+              "coldstart.pt", "rl_reasoning.pt", "rejection.jsonl", "rsft.pt", "rl_final.pt")}
     if cfg.resume and not any(os.path.exists(paths[name]) for name in ("pretrain.pt", "base.pt", "rl.pt")):
         raise SystemExit(f"--resume: nothing to resume in {cfg.out_dir}/ (no pretrain.pt, base.pt or rl.pt); "
                          "leave out --resume to start a fresh run")
@@ -383,7 +575,7 @@ def main(cfg: TrainConfig):
     random.seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     if not cfg.resume and main_rank:
-        for name in ("metrics.jsonl", "aha.jsonl", "eval.json"):
+        for name in ("metrics.jsonl", "aha.jsonl", "eval.json", "rejection.jsonl"):
             if os.path.exists(paths[name]):
                 os.remove(paths[name])
     metrics_file = open(paths["metrics.jsonl"], "a") if main_rank else None
@@ -433,20 +625,38 @@ def main(cfg: TrainConfig):
         if main_rank:
             json.dump(evals, open(paths["eval.json"], "w"), indent=2)
 
-    # 2. R1-Zero RL on the base model
-    run_rl(model, cfg, device, log, paths, data.countdown_dataset("train", seed=cfg.seed).to_list())
+    if cfg.recipe == "r1":
+        def evaluate_as(name, stage_model, t0):
+            """Evaluate a stage's model once (a resumed run keeps the eval.json entry) and add up its wall time."""
+            if name not in evals and cfg.eval_problems:
+                evals[name] = evaluate(stage_model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens,
+                                       cfg.eval_temperature, cfg.eval_top_p)
+                say(f"{name} model:", {k: v for k, v in evals[name].items() if k != "example"})
+            wall = evals.setdefault("stage_wall_s", {})
+            wall[name] = wall.get(name, 0.0) + time.time() - t0  # summed over the runs that reached its end
+            if main_rank:
+                json.dump(evals, open(paths["eval.json"], "w"), indent=2)
 
-    # 3. Evaluate the RL model on the same held-out problems
-    if cfg.rl_steps and cfg.eval_problems:
-        evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
-                                 cfg.eval_top_p)
-        say("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+        # 2-5. DeepSeek-R1's stages on the base model, each evaluated on the same held-out problems
+        run_r1(model, cfg, device, log, paths, evaluate_as)
+        rl_stages = ("rl_reasoning", "rl_final")
+    else:
+        # 2. R1-Zero RL on the base model
+        run_rl(model, cfg, device, log, paths, data.countdown_dataset("train", seed=cfg.seed).to_list())
+
+        # 3. Evaluate the RL model on the same held-out problems
+        if cfg.rl_steps and cfg.eval_problems:
+            evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens,
+                                   cfg.eval_temperature, cfg.eval_top_p)
+            say("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+        rl_stages = ("rl",)
     if main_rank:
-        rl_rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
-        rl_rows = [r for r in rl_rows if r.get("stage") == "rl"]
-        if rl_rows:
-            evals["rl_growth"] = {key: growth(rl_rows, key)
-                                  for key in ("response_len_mean", "reflection_rate", "accuracy")}
+        rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
+        for stage in rl_stages:
+            rl_rows = [r for r in rows if r.get("stage") == stage]
+            if rl_rows:
+                evals[stage + "_growth"] = {key: growth(rl_rows, key)
+                                            for key in ("response_len_mean", "reflection_rate", "accuracy")}
         evals["wall_time_s"] = time.time() - t_start
         json.dump(evals, open(paths["eval.json"], "w"), indent=2)
         metrics_file.close()

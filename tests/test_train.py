@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import signal
@@ -108,3 +109,117 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert sample.returncode == 0 and "sample 0" in sample.stdout, sample.stderr
 
+
+
+# -----------------------------------------------------------------------------
+# --recipe r1 (DeepSeek-R1's stages after the base model)
+
+R1_TINY = TINY + ["--recipe", "r1", "--log-every", "1", "--pretrain-steps", "20", "--eval-problems", "2",
+                  "--eval-samples", "2", "--r1-coldstart-examples", "4", "--r1-sft-batch-size", "1",
+                  "--r1-sft-seq-len", "320", "--r1-sft-checkpoint-every", "2", "--r1-reasoning-rl-steps", "3",
+                  "--r1-final-rl-steps", "3", "--r1-rejection-problems", "3", "--r1-rejection-samples-per-prompt",
+                  "2", "--r1-rejection-keep-per-prompt", "1"]
+
+
+class Crash(Exception):
+    """A simulated interruption (the process dying mid-stage)."""
+
+
+def crash_after_logging(monkeypatch, function, stage, step):
+    """Make train.<function> (run_sft or run_rl) raise Crash right after logging `stage`'s step `step`, once."""
+    real = getattr(train, function)
+    signature = inspect.signature(real)
+
+    def crashing(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        log = bound.arguments["log"]
+
+        def log_then_crash(row):
+            log(row)
+            if row.get("stage") == stage and row.get("step") == step:
+                monkeypatch.setattr(train, function, real)  # only once
+                raise Crash(f"{stage} step {step}")
+        bound.arguments["log"] = log_then_crash
+        return real(*bound.args, **bound.kwargs)
+    monkeypatch.setattr(train, function, crashing)
+
+
+def correct_samples(model, rows, cfg, decoder=None):
+    """Stands in for rejection.rejection_sample, which keeps nothing of a tiny model's answers: one correct
+    answer per problem, written by the corpus writer."""
+    examples = []
+    for row in rows:
+        expr = next(e for e in data.clean_expressions(tuple(sorted(row["numbers"]))) if e.value == row["target"])
+        examples.append({"question": row["question"],
+                         "completion": f"<think> Guess: {expr.text}. </think> <answer> {expr.text} </answer>"})
+    return examples, {"kept": len(examples)}
+
+
+def test_r1_recipe_end_to_end_with_crash_and_resume_in_every_stage(tmp_path, monkeypatch):
+    """Runs the whole --recipe r1 in-process, interrupted once in each new stage, and resumed each time. What it
+    covers: the stages' order, checkpoints, resume (each step logged once), eval.json and the error a real
+    rejection sampling of the tiny model raises. What it does not: that rejection sampling keeps good answers
+    (stubbed by correct_samples once the real one has failed) or that any stage learns anything."""
+    out = str(tmp_path / "r1")
+    args = R1_TINY + ["--out-dir", out]
+    crash_after_logging(monkeypatch, "run_sft", "coldstart", 2)
+    with pytest.raises(Crash):
+        train.main(train.parse_args(args))
+    assert torch.load(os.path.join(out, "coldstart.pt"), weights_only=False)["step"] == 2
+    crash_after_logging(monkeypatch, "run_rl", "rl_reasoning", 2)
+    with pytest.raises(Crash):
+        train.main(train.parse_args(args + ["--resume"]))
+    # the tiny model solves nothing: the real rejection sampling keeps nothing and the run stops, naming the stage
+    with pytest.raises(SystemExit, match=r"rejection sampling \(R1 stage 3\): no sample survived rejection"):
+        train.main(train.parse_args(args + ["--resume"]))
+    assert not os.path.exists(os.path.join(out, "rejection.jsonl"))
+    monkeypatch.setattr(train, "rejection_sample", correct_samples)
+    crash_after_logging(monkeypatch, "run_sft", "rsft", 2)
+    with pytest.raises(Crash):
+        train.main(train.parse_args(args + ["--resume"]))
+    crash_after_logging(monkeypatch, "run_rl", "rl_final", 2)
+    with pytest.raises(Crash):
+        train.main(train.parse_args(args + ["--resume"]))
+    monkeypatch.setattr(train, "rejection_sample", None)  # the finished rsft stage must not sample again
+    evals = train.main(train.parse_args(args + ["--resume"]))
+
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    for stage, n_steps in (("coldstart", None), ("rl_reasoning", 3), ("rsft", None), ("rl_final", 3)):
+        steps = [r["step"] for r in rows if r["stage"] == stage]
+        n_steps = n_steps or next(r["steps"] for r in rows if r["stage"] == stage + "_data")
+        assert n_steps > 2 and steps == list(range(n_steps)), (stage, steps)  # each step once, in order
+    assert [r["stage"] for r in rows].count("coldstart_data") == 1
+    rejected = [r for r in rows if r["stage"] == "rejection"]
+    assert len(rejected) == 1 and rejected[0]["kept"] == 3
+    rsft_data = next(r for r in rows if r["stage"] == "rsft_data")
+    assert rsft_data["examples"] == 3 + 1  # + round(0.25 / 0.75 * 3) non-reasoning examples
+    assert json.load(open(os.path.join(out, "eval.json"))) == evals
+    for name in ("base", "coldstart", "rl_reasoning", "rsft", "r1"):
+        assert 0 <= evals[name]["pass@1"] <= 1 and 0 <= evals[name]["language_consistency"] <= 1, name
+    assert set(evals["stage_wall_s"]) == {"coldstart", "rl_reasoning", "rsft", "r1"}
+    assert {"rl_reasoning_growth", "rl_final_growth"} <= set(evals)
+    for name in ("coldstart.pt", "rsft.pt"):
+        assert torch.load(os.path.join(out, name), weights_only=False)["finished"]
+    assert torch.load(os.path.join(out, "rl_final.pt"), weights_only=False)["step"] == 3
+    # the language reward is on in both RL stages; R1-Zero's RL has none
+    config = rows[0]["config"]
+    assert config["recipe"] == "r1" and config["r1"]["language_weight"] == 1.0
+
+
+def test_r1_recipe_stops_on_a_cold_start_set_without_valid_example(tmp_path):
+    # no candidate is ever right and a reflect answer gives up after one: no answer ends correct
+    cfg = train.parse_args(R1_TINY + ["--out-dir", str(tmp_path), "--pretrain-steps", "2", "--eval-problems", "0",
+                                      "--corpus-p-correct", "0", "--corpus-max-attempts", "1"])
+    with pytest.raises(SystemExit, match="coldstart SFT: no valid cold-start example"):
+        train.main(cfg)
+    assert not os.path.exists(tmp_path / "coldstart.pt")
+
+
+def test_r1_config_flags():
+    cfg = train.parse_args(["--recipe", "r1", "--r1-language-weight", "0.5", "--r1-rsft-epochs", "3"])
+    assert cfg.recipe == "r1" and cfg.r1.language_weight == 0.5 and cfg.r1.rsft_epochs == 3
+    assert train.parse_args([]).recipe == "r1-zero"
+    for bad in (["--recipe", "r2"], ["--r1-coldstart-examples", "0"], ["--r1-non-reasoning-fraction", "1"],
+                ["--r1-language-weight", "-1"], ["--r1-rejection-max-tokens-frac", "0"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
