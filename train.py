@@ -6,6 +6,7 @@ R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then eva
     python train.py --preset tiny --pretrain-steps 20 --rl-steps 2 --rl-prompts-per-step 4 --eval-problems 4
                                              # a smoke run (3 min on a shared 2-core CPU at load 6)
     python train.py --resume                 # continue from out/ after an interruption (stops if none)
+    python train.py --recipe r1              # DeepSeek-R1's stages after the base model (README, run_r1)
     torchrun --standalone --nproc-per-node 8 train.py   # data parallel over 8 GPUs (distributed.py)
 
 Settings given on the command line always win; the setup (gpu, or cpu: CPU_SETUP) fills in the rest.
