@@ -1,0 +1,415 @@
+"""
+Distillation against RL on the student (DeepSeek-R1, arXiv:2501.12948, sec. 2.4 and 4.1): is it better to
+fine-tune a small dense model on a strong reasoner's samples, or to run the same large-scale RL on the small
+model itself? R1 finds distillation wins (sec. 4.1: Qwen-32B distilled from R1 beats Qwen-32B after 10K+ RL
+steps). This runs that comparison at nanoR1's scale, for each student size and seed:
+
+1. teacher data (once): rejection-sample the teacher (the run's r1.pt, else rl.pt) on RL "train" problems
+   (rejection.py) -> teacher.jsonl;
+2. base student: pretrain the student preset on the teacher's corpus with the teacher's token budget;
+3. RL baseline: GRPO on the base student, with at least as many steps as the teacher got (train.run_rl);
+4. distilled: SFT of the base student on teacher.jsonl (sft.py; R1 distils with SFT only);
+5. distilled+RL: a short GRPO stage on the distilled student (R1 sec. 2.4 leaves this to the community);
+
+and evaluates the base, RL, distilled and distilled+RL students and the teacher on the teacher's held-out
+problems with the teacher's evaluation protocol (pass@1 over k samples, cons@k, length, reflections).
+
+    python distill.py --teacher out                          # dense-1m, dense-4m, dense-12m; seed 0
+    python distill.py --teacher out --students dense-1m --seeds 0 1 2 --distill-rl-steps 40
+
+It always resumes: a step whose output exists is skipped, and an interrupted stage continues from its own
+checkpoint. A comparison folder made with other settings is refused (use another --out-dir).
+
+Writes to --out-dir (default TEACHER/distill): teacher.jsonl, students/PRESET/seedN/ (base.pt, rl.pt,
+distilled.pt, distilled_rl.pt, the stages' resumable checkpoints, metrics.jsonl, aha.jsonl), distill.json
+(every evaluation, the rejection stats, the settings and provenance) and distill.png (held-out pass@1 vs
+student size, one line per method, the teacher as a horizontal line).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+
+import data
+from checkpoint import git_commit, load_checkpoint, save_checkpoint
+from grpo import GRPOConfig
+from model import Transformer, make_config
+from rejection import RejectionConfig, rejection_sample
+from sft import SFTConfig, load_examples, sft
+from train import TrainConfig, drop_rows_from, evaluate, pretrain, run_rl
+
+METHODS = ("base", "rl", "distilled", "distilled_rl")
+TEACHER_CHECKPOINTS = ("r1.pt", "rl.pt")  # the final model of an R1 recipe, else of the R1-Zero pipeline
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""                     # the teacher's train.py --out-dir
+    out_dir: str = ""                     # default: TEACHER/distill
+    students: tuple = ("dense-1m", "dense-4m", "dense-12m")  # model presets (model.PRESETS)
+    seeds: tuple = (0,)                   # each student size is trained once per seed
+    rl_steps: int = 0                     # the RL baseline's steps; 0: as many as the teacher got (fewer: refused)
+    distill_rl_steps: int = 20            # the short GRPO stage on the distilled student
+    reject_problems: int = 1000           # RL train problems the teacher answers (rejection.py)
+    eval_problems: int = 0                # held-out problems; 0: the teacher's eval_problems
+    eval_samples: int = 0                 # k; 0: the teacher's eval_samples
+    device: str = "auto"                  # auto: cuda if available, else cpu
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+
+    def validate(self):
+        if not self.teacher:
+            raise ValueError("--teacher is required: the folder of a train.py run (its --out-dir)")
+        if not self.students or len(set(self.students)) != len(self.students):
+            raise ValueError(f"--students must name one or more distinct presets, got {list(self.students)}")
+        for preset in self.students:
+            make_config(preset)  # raises for an unknown preset
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"--seeds must be one or more distinct integers >= 0, got {list(self.seeds)}")
+        for name in ("rl_steps", "distill_rl_steps", "eval_problems", "eval_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.reject_problems < 1:
+            raise ValueError(f"--reject-problems must be >= 1, got {self.reject_problems}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda[:N], got {self.device}")
+        self.sft.validate()
+        self.rejection.validate()
+
+
+# settings that may change between runs into the same --out-dir: more sizes or seeds, another device, intervals
+FREE_TO_CHANGE = ("students", "seeds", "device", "sft.log_every", "sft.checkpoint_every", "rejection.batch_size")
+
+
+def tokenizer_sha256():
+    """The fingerprint of the tokenizer the students are trained with: a teacher must share it to teach them."""
+    with open(data.TOKENIZER_FILE, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+# -----------------------------------------------------------------------------
+# The teacher
+
+
+def train_config_from(saved: dict) -> TrainConfig:
+    """A TrainConfig from its asdict() form; fields this train.py does not know (a newer recipe's) are left out."""
+    nested = {"grpo": GRPOConfig, "corpus": data.CorpusConfig}
+    known = {f.name for f in fields(TrainConfig)} - set(nested)
+    kwargs = {k: v for k, v in saved.items() if k in known}
+    for name, config_class in nested.items():
+        if isinstance(saved.get(name), dict):
+            kwargs[name] = config_class(**{f.name: saved[name][f.name] for f in fields(config_class)
+                                           if f.name in saved[name]})
+    return TrainConfig(**kwargs)
+
+
+def load_teacher(folder, students, device):
+    """-> (teacher model, its TrainConfig, the checkpoint's name, the RL steps it got). Stops with a clear
+    message for a folder without a teacher checkpoint or config, and for a teacher whose tokenizer differs
+    from the students' (its vocab_size, or its tokenizer fingerprint where the checkpoint records one)."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f"--teacher {folder}: no such folder (give the --out-dir of a train.py run)")
+    name = next((n for n in TEACHER_CHECKPOINTS if os.path.exists(os.path.join(folder, n))), None)
+    if name is None:
+        raise SystemExit(f"--teacher {folder}: no teacher checkpoint ({' or '.join(TEACHER_CHECKPOINTS)}) in it; "
+                         "finish its train.py run first (python train.py --out-dir ... --resume)")
+    try:
+        ckpt = load_checkpoint(os.path.join(folder, name), device)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise SystemExit(f"--teacher: {err}") from None
+    saved = ckpt.get("train_config")
+    metrics_path = os.path.join(folder, "metrics.jsonl")
+    if saved is None and os.path.exists(metrics_path):  # the run's first row holds its config
+        with open(metrics_path) as f:
+            first = json.loads(f.readline() or "{}")
+        saved = first.get("config") if first.get("stage") == "config" else None
+    if saved is None:
+        raise SystemExit(f"--teacher {folder}: {name} holds no train_config and metrics.jsonl has no config row; "
+                         "the students' token budget and RL steps cannot be matched to the teacher's")
+    teacher_cfg = train_config_from(saved)
+    model = ckpt["model"]
+    for preset in students:
+        vocab = make_config(preset).vocab_size
+        if model.cfg.vocab_size != vocab:
+            raise SystemExit(f"the teacher's vocab_size {model.cfg.vocab_size} differs from student {preset}'s "
+                             f"{vocab}: its samples are token ids of another tokenizer; distil only between "
+                             "models of the same tokenizer")
+    if "tokenizer_sha256" in ckpt and ckpt["tokenizer_sha256"] != tokenizer_sha256():
+        raise SystemExit(f"the teacher was trained with another tokenizer (sha256 {ckpt['tokenizer_sha256'][:12]} "
+                         f"of its tokenizer file, {tokenizer_sha256()[:12]} of {data.TOKENIZER_FILE}); distil only "
+                         "between models of the same tokenizer")
+    rl_steps = max(teacher_cfg.rl_steps, ckpt.get("step", 0))  # an R1 recipe may have run more than rl_steps
+    return model, teacher_cfg, name, rl_steps
+
+
+def write_jsonl(path, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(tmp, path)  # atomic: an interrupted write leaves no half file to resume from
+
+# -----------------------------------------------------------------------------
+# A student: each stage writes its checkpoint, and is skipped when the checkpoint is there
+
+
+class Student:
+    def __init__(self, preset, seed, cfg: DistillConfig, teacher_cfg: TrainConfig, rl_steps, device, out_dir):
+        self.dir = os.path.join(out_dir, "students", preset, f"seed{seed}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.paths = {n: os.path.join(self.dir, n) for n in
+                      ("metrics.jsonl", "aha.jsonl", "pretrain.pt", "base.pt", "rl.pt", "distilled_sft.pt",
+                       "distilled.pt", "distilled_rl.pt")}
+        # the teacher's recipe with the student's preset and seed: the same corpus, token budget and GRPO settings;
+        # resume=True makes run_rl continue from the stage's checkpoint
+        self.cfg = replace(teacher_cfg, preset=preset, seed=seed, out_dir=self.dir, resume=True, rl_steps=rl_steps,
+                           device=str(device))
+        self.sft_cfg = replace(cfg.sft, seed=seed)
+        self.distill_rl_steps, self.device = cfg.distill_rl_steps, device
+        self.train_rows = data.countdown_dataset("train", seed=seed).to_list()  # as train.py's RL draws them
+
+    def log(self, row):
+        with open(self.paths["metrics.jsonl"], "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def load(self, name):
+        return load_checkpoint(self.paths[name], self.device)["model"]
+
+    def save(self, name, model, **extra):
+        save_checkpoint(self.paths[name], model, stage=name[:-3], tokenizer_sha256=tokenizer_sha256(),
+                        train_config=asdict(self.cfg), **extra)
+
+    def base(self):
+        """Pretrain from scratch, continuing from pretrain.pt after an interruption (as train.py does)."""
+        if os.path.exists(self.paths["base.pt"]):
+            return
+        torch.manual_seed(self.cfg.seed)
+        start, opt_state = 0, None
+        if os.path.exists(self.paths["pretrain.pt"]):
+            ckpt = load_checkpoint(self.paths["pretrain.pt"], self.device)
+            model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+            drop_rows_from([self.paths["metrics.jsonl"]], "pretrain", start)
+            print(f"{self.dir}: resumed pretraining at step {start}")
+        else:
+            model = Transformer(make_config(self.cfg.preset)).to(self.device)
+
+        def save(step, opt):
+            save_checkpoint(self.paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+
+        pretrain(model, self.cfg, self.device, self.log, save, start, opt_state)
+        self.save("base.pt", model)
+
+    def rl(self, stage, init, steps):
+        """GRPO from checkpoint `init` for `steps` steps into stage.pt; run_rl resumes from stage.pt itself."""
+        path = self.paths[stage + ".pt"]
+        if os.path.exists(path) and load_checkpoint(path)["step"] >= steps:
+            return
+        model = self.load(init)
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        run_rl(model, self.cfg, self.device, self.log, self.paths, self.train_rows, stage=stage, steps=steps)
+        if not steps:  # nothing to train: the stage's model is its init
+            self.save(stage + ".pt", model, step=0)
+
+    def distilled(self, teacher_jsonl, teacher_sha):
+        """SFT of the base student on the teacher's samples, continuing from distilled_sft.pt if interrupted."""
+        if os.path.exists(self.paths["distilled.pt"]):
+            return
+        examples = load_examples(teacher_jsonl)
+        start, opt_state = 0, None
+        if os.path.exists(self.paths["distilled_sft.pt"]):
+            ckpt = load_checkpoint(self.paths["distilled_sft.pt"], self.device)
+            if ckpt["sft_config"] != asdict(self.sft_cfg) or ckpt["data_sha"] != teacher_sha:
+                raise SystemExit(f"cannot resume {self.paths['distilled_sft.pt']}: it was fine-tuned with other "
+                                 "SFT settings or teacher data; delete it to start this SFT afresh")
+            model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+            drop_rows_from([self.paths["metrics.jsonl"]], "sft", start)
+        else:
+            model = self.load("base.pt")
+
+        def save(step, opt):
+            save_checkpoint(self.paths["distilled_sft.pt"], model, stage="sft", step=step, opt=opt.state_dict(),
+                            sft_config=asdict(self.sft_cfg), data_sha=teacher_sha)
+
+        sft(model, examples, self.sft_cfg, self.device, self.log, save, start, opt_state)
+        self.save("distilled.pt", model, sft_config=asdict(self.sft_cfg), data_sha=teacher_sha)
+
+    def run(self, teacher_jsonl, teacher_sha):
+        self.base()
+        self.rl("rl", "base.pt", self.cfg.rl_steps)
+        self.distilled(teacher_jsonl, teacher_sha)
+        self.rl("distilled_rl", "distilled.pt", self.distill_rl_steps)
+
+# -----------------------------------------------------------------------------
+# Results
+
+
+def plot(results, out_png):
+    """Held-out pass@1 vs student parameters (mean over seeds), one line per method; the teacher as a line."""
+    import matplotlib
+    matplotlib.use("Agg")  # a file, no display
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sizes = sorted(results["students"].items(), key=lambda item: item[1]["params"])
+    for method in METHODS:
+        pts = []
+        for _, student in sizes:
+            scores = [evals[method]["pass@1"] for evals in student["seeds"].values() if method in evals]
+            if scores:
+                pts.append((student["params"], sum(scores) / len(scores)))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=method.replace("_", "+"))
+    if "teacher" in results:
+        ax.axhline(results["teacher"]["pass@1"], color="black", linestyle="--",
+                   label=f"teacher ({results['teacher_checkpoint']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters")
+    ax.set_ylabel("held-out pass@1")
+    ax.set_title("distillation vs RL on the student (R1 sec. 4.1)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+
+
+def changed_settings(old, new):
+    """The settings (dotted names) that differ between two asdict(DistillConfig)s, except FREE_TO_CHANGE."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k: v})
+        return out
+    old, new = flat(old), flat(new)
+    return sorted(k for k in old.keys() | new.keys()
+                  if k not in FREE_TO_CHANGE and json.dumps(old.get(k)) != json.dumps(new.get(k)))
+
+
+def run(cfg: DistillConfig):
+    cfg.validate()
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but no CUDA device is available")
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    teacher, teacher_cfg, teacher_name, teacher_rl_steps = load_teacher(cfg.teacher, cfg.students, device)
+    rl_steps = cfg.rl_steps or teacher_rl_steps
+    if rl_steps < teacher_rl_steps:
+        raise SystemExit(f"--rl-steps {rl_steps}: the RL baseline must get at least as many RL steps as the "
+                         f"teacher got ({teacher_rl_steps}), or it is no match for it")
+    for preset in cfg.students:
+        max_len = make_config(preset).max_seq_len
+        for flag, n in (("the teacher's --pretrain-seq-len", teacher_cfg.pretrain_seq_len),
+                        ("--sft-seq-len", cfg.sft.seq_len)):
+            if n > max_len:
+                raise SystemExit(f"{flag} {n} is longer than student {preset}'s max_seq_len {max_len}")
+    eval_problems = cfg.eval_problems or teacher_cfg.eval_problems
+    eval_samples = cfg.eval_samples or teacher_cfg.eval_samples
+    if not eval_problems:
+        raise SystemExit("the teacher ran with --eval-problems 0: give --eval-problems, the comparison needs some")
+    out_dir = cfg.out_dir or os.path.join(cfg.teacher, "distill")
+    os.makedirs(out_dir, exist_ok=True)
+    results_path, teacher_jsonl = os.path.join(out_dir, "distill.json"), os.path.join(out_dir, "teacher.jsonl")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    if results:
+        changed = changed_settings(results["config"], asdict(cfg))
+        if changed:
+            raise SystemExit(f"{out_dir} holds a comparison made with other settings ({', '.join(changed)}); "
+                             "give another --out-dir, or the same settings to resume it")
+    results.update({"config": asdict(cfg), "teacher_checkpoint": teacher_name, "teacher_rl_steps": teacher_rl_steps,
+                    "rl_steps": rl_steps, "tokenizer_sha256": tokenizer_sha256(), "commit": git_commit(),
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "command": shlex.join(["python", "distill.py", *sys.argv[1:]])})
+    results.setdefault("students", {})
+
+    def save_results():
+        tmp = results_path + ".tmp"
+        json.dump(results, open(tmp, "w"), indent=2)
+        os.replace(tmp, results_path)
+
+    # the teacher's held-out problems (train.py draws them so) and its own evaluation protocol
+    test_rows = data.countdown_dataset("test", n=eval_problems, seed=teacher_cfg.seed).to_list()
+
+    def evaluate_model(model):
+        return evaluate(model, test_rows, eval_samples, teacher_cfg.grpo.max_new_tokens,
+                        teacher_cfg.eval_temperature, teacher_cfg.eval_top_p)
+
+    # 1. the teacher's data, once
+    if not os.path.exists(teacher_jsonl):
+        rows = data.countdown_dataset("train", n=cfg.reject_problems, seed=cfg.rejection.seed).to_list()
+        try:
+            examples, stats = rejection_sample(teacher, rows, cfg.rejection)
+        except ValueError as err:
+            raise SystemExit(f"teacher data: {err}") from None
+        write_jsonl(teacher_jsonl, examples)
+        results["rejection"] = stats
+        save_results()
+        print("teacher data:", json.dumps(stats))
+    if "teacher" not in results:
+        results["teacher"] = evaluate_model(teacher)
+        save_results()
+        print("teacher:", {k: v for k, v in results["teacher"].items() if k != "example"})
+    del teacher
+    teacher_sha = hashlib.sha256(open(teacher_jsonl, "rb").read()).hexdigest()
+
+    # 2-5. each student size and seed: base, RL baseline, distilled, distilled+RL; each evaluated once made
+    for preset in cfg.students:
+        entry = results["students"].setdefault(preset, {"seeds": {}})
+        entry["params"] = Transformer(make_config(preset)).num_params()
+        for seed in cfg.seeds:
+            student = Student(preset, seed, cfg, teacher_cfg, rl_steps, device, out_dir)
+            student.run(teacher_jsonl, teacher_sha)
+            evals = entry["seeds"].setdefault(str(seed), {})
+            for method in METHODS:
+                if method not in evals:
+                    evals[method] = evaluate_model(student.load(method + ".pt"))
+                    save_results()
+                    print(f"{preset} seed {seed} {method}:",
+                          {k: v for k, v in evals[method].items() if k != "example"})
+    save_results()
+    plot(results, os.path.join(out_dir, "distill.png"))
+    print(f"done; results in {results_path}")
+    return results
+
+# -----------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv=None) -> DistillConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = DistillConfig()
+    parser.add_argument("--teacher", required=True, help="the --out-dir of a finished train.py run")
+    parser.add_argument("--students", nargs="+", default=list(defaults.students), help="model presets")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
+    for f in fields(DistillConfig):
+        if f.name not in ("teacher", "students", "seeds", "sft", "rejection"):
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
+                                default=f.default, help=f"default: {f.default}")
+    # the nested configs' fields get a prefix: --sft-lr sets sft.lr, --reject-temperature sets rejection.temperature
+    nested = {"sft": (SFTConfig, "sft_"), "rejection": (RejectionConfig, "reject_")}
+    for name, (config_class, prefix) in nested.items():
+        for f in fields(config_class):
+            if (name, f.name) != ("sft", "seed"):  # SFT is seeded by each student's seed
+                parser.add_argument("--" + (prefix + f.name).replace("_", "-"), dest=prefix + f.name,
+                                    type=type(f.default), default=f.default, help=f"default: {f.default}")
+    args = vars(parser.parse_args(argv))
+    sub = {name: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)
+                                 if prefix + f.name in args})
+           for name, (config_class, prefix) in nested.items()}
+    cfg = DistillConfig(**{**args, "students": tuple(args["students"]), "seeds": tuple(args["seeds"])}, **sub)
+    try:
+        cfg.validate()
+    except ValueError as err:
+        parser.error(str(err))
+    return cfg
+
+
+def main(argv=None):
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
