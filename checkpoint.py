@@ -6,6 +6,7 @@ Checkpoints hold only tensors, numbers, strings, lists, tuples and dicts, so the
 pickle can). Writes are atomic: a crash mid-write leaves the previous file intact.
 """
 
+import hashlib
 import os
 import pickle
 import subprocess
@@ -13,12 +14,21 @@ from dataclasses import asdict
 
 import torch
 
+from data import TOKENIZER_FILE
 from model import ModelConfig, Transformer
 
 
+def tokenizer_sha256():
+    """A fingerprint of the tokenizer file: token ids mean nothing under another tokenizer."""
+    with open(TOKENIZER_FILE, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def save_checkpoint(path, model, **extra):
+    """Every checkpoint records the tokenizer it was trained with (tokenizer_sha256)."""
     tmp = path + ".tmp"
-    torch.save({"model_config": asdict(model.cfg), "model": model.state_dict(), **extra}, tmp)
+    torch.save({"model_config": asdict(model.cfg), "model": model.state_dict(),
+                "tokenizer_sha256": tokenizer_sha256(), **extra}, tmp)
     os.replace(tmp, path)
 
 

@@ -4,8 +4,8 @@ fine-tune a small dense model on a strong reasoner's samples, or to run the same
 model itself? R1 finds distillation wins (sec. 4.1: Qwen-32B distilled from R1 beats Qwen-32B after 10K+ RL
 steps). This runs that comparison at nanoR1's scale, for each student size and seed:
 
-1. teacher data (once): rejection-sample the teacher (the run's r1.pt, else rl.pt) on RL "train" problems
-   (rejection.py) -> teacher.jsonl;
+1. teacher data (once): rejection-sample the teacher (the run's rl_final.pt from --recipe r1, else rl.pt) on RL
+   "train" problems (rejection.py) -> teacher.jsonl;
 2. base student: pretrain the student preset on the teacher's corpus with the teacher's token budget;
 3. RL baseline: GRPO on the base student, with at least as many steps as the teacher got (train.run_rl);
 4. distilled: SFT of the base student on teacher.jsonl (sft.py; R1 distils with SFT only);
@@ -38,15 +38,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 import data
-from checkpoint import git_commit, load_checkpoint, save_checkpoint
+from checkpoint import git_commit, load_checkpoint, save_checkpoint, tokenizer_sha256
 from grpo import GRPOConfig
 from model import Transformer, make_config
 from rejection import RejectionConfig, rejection_sample
 from sft import SFTConfig, load_examples, sft
-from train import TrainConfig, drop_rows_from, evaluate, pretrain, run_rl
+from train import R1Config, TrainConfig, drop_rows_from, evaluate, pretrain, run_rl
 
 METHODS = ("base", "rl", "distilled", "distilled_rl")
-TEACHER_CHECKPOINTS = ("r1.pt", "rl.pt")  # the final model of an R1 recipe, else of the R1-Zero pipeline
+TEACHER_CHECKPOINTS = ("rl_final.pt", "rl.pt")  # the final model of an R1 recipe, else of the R1-Zero pipeline
 
 
 @dataclass
@@ -88,18 +88,9 @@ class DistillConfig:
 FREE_TO_CHANGE = ("students", "seeds", "device", "sft.log_every", "sft.checkpoint_every", "rejection.batch_size")
 
 
-def tokenizer_sha256():
-    """The fingerprint of the tokenizer the students are trained with: a teacher must share it to teach them."""
-    with open(data.TOKENIZER_FILE, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-# -----------------------------------------------------------------------------
-# The teacher
-
-
 def train_config_from(saved: dict) -> TrainConfig:
     """A TrainConfig from its asdict() form; fields this train.py does not know (a newer recipe's) are left out."""
-    nested = {"grpo": GRPOConfig, "corpus": data.CorpusConfig}
+    nested = {"grpo": GRPOConfig, "corpus": data.CorpusConfig, "r1": R1Config}
     known = {f.name for f in fields(TrainConfig)} - set(nested)
     kwargs = {k: v for k, v in saved.items() if k in known}
     for name, config_class in nested.items():
@@ -181,7 +172,7 @@ class Student:
         return load_checkpoint(self.paths[name], self.device)["model"]
 
     def save(self, name, model, **extra):
-        save_checkpoint(self.paths[name], model, stage=name[:-3], tokenizer_sha256=tokenizer_sha256(),
+        save_checkpoint(self.paths[name], model, stage=name[:-3],
                         train_config=asdict(self.cfg), **extra)
 
     def base(self):

@@ -367,9 +367,9 @@ class GRPOTrainer:
     def update(self, prompts, completions, reward, keep=None):
         """One GRPO update on given rollouts: prompts and completions (token-id lists, G consecutive rows per
         prompt) and their rewards [n_prompts, G]; `keep` [n] (optional) says which rollouts the loss may use
-        (DAPO's overlong filtering drops the truncated ones; they still count in their group's baseline). Advantages, then the behaviour and reference log-probs, then
-        μ passes of minibatch steps on the clipped objective. Returns the loss statistics averaged over those
-        steps and reduced over ranks."""
+        (DAPO's overlong filtering drops the truncated ones; they still count in their group's baseline).
+        Advantages, then the behaviour and reference log-probs, then μ passes of minibatch steps on the clipped
+        objective. Returns the loss statistics averaged over those steps and reduced over ranks."""
         cfg, model, W = self.cfg, self.model, distributed.world_size()
         advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
 

@@ -167,8 +167,8 @@ def rollout_roofline(old_tree=None):
         arg = ",".join(" ".join(map(str, p)) for p in prompts)
         out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT, str(max(lengths))], input=arg, cwd=old_tree,
                              capture_output=True, text=True, check=True).stdout
-        rows.append((f"generate at {os.path.basename(os.path.abspath(old_tree))}, MHA", rows[0][1], float(out.split()[-1]),
-                     rows[0][3], None))
+        label = f"generate at {os.path.basename(os.path.abspath(old_tree))}, MHA"
+        rows.append((label, rows[0][1], float(out.split()[-1]), rows[0][3], None))
     print(f"{'decoder':>28} | {'KV B/token':>10} | {'s per rollout':>13} | {'HBM bound s':>11} | {'x bound':>7} | "
           f"{'first call s':>12}")
     for label, kv, dt, bound, first in rows:
