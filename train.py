@@ -259,7 +259,8 @@ def growth(rows, key):
 def draw_curves(rows):
     """A figure of one run's learning curves from its metrics rows (used here and by the notebook)."""
     import matplotlib.pyplot as plt
-    rl = [r for r in rows if r.get("stage") == "rl"]
+    # RL rows of every RL stage (R1-Zero: "rl"; --recipe r1: "rl_reasoning" then "rl_final"), one line per stage
+    rl = [r for r in rows if r.get("stage") in ("rl", "rl_reasoning", "rl_final")]
     pre = [r for r in rows if r.get("stage") == "pretrain"]
     panels = [("pretrain loss", pre, "loss"), ("accuracy (train rollouts)", rl, "accuracy"),
               ("mean response length (tokens)", rl, "response_len_mean"),
@@ -269,11 +270,14 @@ def draw_curves(rows):
               ("truncated responses", rl, "truncated")]
     fig, axes = plt.subplots(2, 5, figsize=(20, 7))
     for ax, (title, rs, key) in zip(axes.flat, panels):
-        pts = [(r["step"], r[key]) for r in rs if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts))
-            if key == "kl":
-                ax.set_yscale("log")  # k3 is unbounded above: one spike would flatten the whole curve
+        for stage in dict.fromkeys(r["stage"] for r in rs):
+            pts = [(r["step"], r[key]) for r in rs if r["stage"] == stage and r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=stage)
+                if key == "kl":
+                    ax.set_yscale("log")  # k3 is unbounded above: one spike would flatten the whole curve
+        if len({r["stage"] for r in rs}) > 1:
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
