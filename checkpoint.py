@@ -1,5 +1,6 @@
 """
-Checkpoint I/O and run provenance, shared by every stage (train, sample, benchmarks) and kept below them.
+Checkpoint I/O, resume plumbing and run provenance, shared by every stage (train, sft, sample, benchmarks) and
+kept below them.
 
 Checkpoints hold only tensors, numbers, strings, lists, tuples and dicts, so they are read with
 `torch.load(weights_only=True)`: a checkpoint from someone else cannot run code when it is loaded (a plain
@@ -7,6 +8,7 @@ pickle can). Writes are atomic: a crash mid-write leaves the previous file intac
 """
 
 import hashlib
+import json
 import os
 import pickle
 import subprocess
@@ -53,6 +55,19 @@ def load_checkpoint(path, device="cpu"):
         raise RuntimeError(f"checkpoint {path} is corrupt or incompatible: {err}") from None
     ckpt["model"] = model.to(device)
     return ckpt
+
+
+def drop_rows_from(paths, step, stage=None):
+    """Steps logged after the checkpoint a run resumes from are redone: drop their rows from the JSONL files
+    `paths` (only `stage`'s rows if given; a row without a stage is an RL row, as older aha.jsonl rows were; a
+    row without a step is kept) so that each step appears once."""
+    def redone(row):
+        return row.get("step", -1) >= step and (stage is None or row.get("stage", "rl") == stage)
+    for path in paths:
+        if os.path.exists(path):
+            lines = [line for line in open(path) if not redone(json.loads(line))]
+            with open(path, "w") as f:
+                f.writelines(lines)
 
 
 def git_commit():

@@ -38,12 +38,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 import data
-from checkpoint import git_commit, load_checkpoint, save_checkpoint, tokenizer_sha256
+from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint, tokenizer_sha256
 from grpo import GRPOConfig
 from model import Transformer, make_config
 from rejection import RejectionConfig, rejection_sample
 from sft import SFTConfig, load_examples, sft
-from train import R1Config, TrainConfig, drop_rows_from, evaluate, pretrain, run_rl
+from train import R1Config, TrainConfig, evaluate, pretrain, run_rl
 
 METHODS = ("base", "rl", "distilled", "distilled_rl")
 TEACHER_CHECKPOINTS = ("rl_final.pt", "rl.pt")  # the final model of an R1 recipe, else of the R1-Zero pipeline
@@ -184,7 +184,7 @@ class Student:
         if os.path.exists(self.paths["pretrain.pt"]):
             ckpt = load_checkpoint(self.paths["pretrain.pt"], self.device)
             model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-            drop_rows_from([self.paths["metrics.jsonl"]], "pretrain", start)
+            drop_rows_from([self.paths["metrics.jsonl"]], start, "pretrain")
             print(f"{self.dir}: resumed pretraining at step {start}")
         else:
             model = Transformer(make_config(self.cfg.preset)).to(self.device)
@@ -219,7 +219,7 @@ class Student:
                 raise SystemExit(f"cannot resume {self.paths['distilled_sft.pt']}: it was fine-tuned with other "
                                  "SFT settings or teacher data; delete it to start this SFT afresh")
             model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-            drop_rows_from([self.paths["metrics.jsonl"]], "sft", start)
+            drop_rows_from([self.paths["metrics.jsonl"]], start, "sft")
         else:
             model = self.load("base.pt")
 

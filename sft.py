@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 import data
 import distributed
-from checkpoint import git_commit, load_checkpoint, save_checkpoint
+from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint
 
 IGNORE = -100  # target of positions outside the completions (F.cross_entropy's ignore_index)
 
@@ -286,14 +286,6 @@ def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_ste
 # CLI
 
 
-def drop_rows_from(path, start):
-    """Steps logged after the checkpoint we resume from are redone: drop their rows so each appears once."""
-    if os.path.exists(path):
-        lines = [line for line in open(path) if json.loads(line).get("step", -1) < start]
-        with open(path, "w") as f:
-            f.writelines(lines)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", help="checkpoint to fine-tune, e.g. out/base.pt (with --resume, used only "
@@ -337,7 +329,7 @@ def main(argv=None):
         model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
         say(f"resumed SFT at step {start}")
         if main_rank:
-            drop_rows_from(metrics_path, start)
+            drop_rows_from([metrics_path], start)
     else:
         if not args.init:
             parser.error("--init is required (the checkpoint to fine-tune)")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 import data
 import distributed
 import rewards
-from checkpoint import git_commit, load_checkpoint, save_checkpoint
+from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint
 from grpo import GRPOConfig, GRPOTrainer
 from model import Transformer, make_config
 from rejection import RejectionConfig, rejection_sample
@@ -365,18 +365,6 @@ def validate(cfg: TrainConfig):
     distributed.per_rank(cfg.rl_prompts_per_step, "--rl-prompts-per-step")
 
 
-def drop_rows_from(files, stage, step):
-    """Steps logged after the checkpoint we resume from are redone: drop their rows so each appears once."""
-    def redone(line):
-        row = json.loads(line)
-        return row.get("stage", "rl") == stage and row["step"] >= step  # older aha.jsonl rows have no stage: RL
-    for path in files:
-        if os.path.exists(path):
-            lines = [line for line in open(path) if not redone(line)]
-            with open(path, "w") as f:
-                f.writelines(lines)
-
-
 def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", grpo_cfg=None, steps=None):
     """GRPO on `model`, in place: `steps` RL steps (default cfg.rl_steps) of cfg.rl_prompts_per_step prompts drawn
     from train_rows, logged as `stage` rows, with reflective correct answers appended to paths["aha.jsonl"] and a
@@ -394,7 +382,7 @@ def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", 
         start = ckpt["step"]
         say(f"resumed {stage.upper()} at step {start}")
         if main_rank:
-            drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], stage, start)
+            drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], start, stage)
     rng = random.Random(cfg.seed)
     if start:
         rng.setstate(ckpt["rng"])
@@ -506,7 +494,7 @@ def run_sft(model, examples_fn, sft_cfg: SFTConfig, cfg: TrainConfig, device, lo
         model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
         say(f"resumed {stage} at step {start}")
         if main_rank:
-            drop_rows_from([paths["metrics.jsonl"]], stage, start)
+            drop_rows_from([paths["metrics.jsonl"]], start, stage)
 
     def stage_log(row):  # sft.py logs "sft" and "sft_data" rows: name them after the stage
         log({**row, "stage": stage if row["stage"] == "sft" else stage + "_data"})
@@ -606,7 +594,7 @@ def main(cfg: TrainConfig):
             model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
             say(f"resumed pretraining at step {start}")
             if main_rank:
-                drop_rows_from([paths["metrics.jsonl"]], "pretrain", start)
+                drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
         else:
             log(run_info)
             model = Transformer(make_config(cfg.preset)).to(device)
