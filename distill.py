@@ -43,7 +43,7 @@ from grpo import GRPOConfig
 from model import Transformer, make_config
 from rejection import RejectionConfig, rejection_sample
 from sft import SFTConfig, load_examples, sft
-from train import R1Config, TrainConfig, evaluate, pretrain, run_rl
+from train import R1Config, TrainConfig, evaluate, pretrain_base, run_rl
 
 METHODS = ("base", "rl", "distilled", "distilled_rl")
 TEACHER_CHECKPOINTS = ("rl_final.pt", "rl.pt")  # the final model of an R1 recipe, else of the R1-Zero pipeline
@@ -176,24 +176,11 @@ class Student:
                         train_config=asdict(self.cfg), **extra)
 
     def base(self):
-        """Pretrain from scratch, continuing from pretrain.pt after an interruption (as train.py does)."""
+        """Pretrain from scratch, continuing from pretrain.pt after an interruption (train.pretrain_base)."""
         if os.path.exists(self.paths["base.pt"]):
             return
         torch.manual_seed(self.cfg.seed)
-        start, opt_state = 0, None
-        if os.path.exists(self.paths["pretrain.pt"]):
-            ckpt = load_checkpoint(self.paths["pretrain.pt"], self.device)
-            model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-            drop_rows_from([self.paths["metrics.jsonl"]], start, "pretrain")
-            print(f"{self.dir}: resumed pretraining at step {start}")
-        else:
-            model = Transformer(make_config(self.cfg.preset)).to(self.device)
-
-        def save(step, opt):
-            save_checkpoint(self.paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
-
-        pretrain(model, self.cfg, self.device, self.log, save, start, opt_state)
-        self.save("base.pt", model)
+        pretrain_base(self.cfg, self.device, self.log, self.paths)
 
     def rl(self, stage, init, steps):
         """GRPO from checkpoint `init` for `steps` steps into stage.pt; run_rl resumes from stage.pt itself."""

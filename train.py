@@ -365,6 +365,39 @@ def validate(cfg: TrainConfig):
     distributed.per_rank(cfg.rl_prompts_per_step, "--rl-prompts-per-step")
 
 
+def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
+    """The base model of cfg.preset: with cfg.resume the finished paths["base.pt"], or pretraining continued from
+    an interrupted paths["pretrain.pt"]; otherwise pretrained from scratch (after logging `first_row`, the run's
+    config row). Saves base.pt when pretraining ends."""
+    main_rank = distributed.is_main()
+    say = print if main_rank else (lambda *args: None)
+    if cfg.resume and os.path.exists(paths["base.pt"]):
+        say(f"resumed the finished base model from {paths['base.pt']}")
+        return load_checkpoint(paths["base.pt"], device)["model"]
+    start, opt_state = 0, None
+    if cfg.resume and os.path.exists(paths["pretrain.pt"]):
+        ckpt = load_checkpoint(paths["pretrain.pt"], device)
+        model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+        say(f"resumed pretraining at step {start}")
+        if main_rank:
+            drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
+    else:
+        if first_row is not None:
+            log(first_row)
+        model = Transformer(make_config(cfg.preset)).to(device)
+    say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
+        f"active per token, on {device}")
+
+    def save(step, opt):
+        if main_rank:
+            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+
+    pretrain(model, cfg, device, log, save, start, opt_state)
+    if main_rank:
+        save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
+    return model
+
+
 def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", grpo_cfg=None, steps=None):
     """GRPO on `model`, in place: `steps` RL steps (default cfg.rl_steps) of cfg.rl_prompts_per_step prompts drawn
     from train_rows, logged as `stage` rows, with reflective correct answers appended to paths["aha.jsonl"] and a
@@ -584,30 +617,7 @@ def main(cfg: TrainConfig):
                 "command": shlex.join(["python", "train.py", *sys.argv[1:]]), "world_size": world}
 
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
-    if cfg.resume and os.path.exists(paths["base.pt"]):
-        model = load_checkpoint(paths["base.pt"], device)["model"]
-        say(f"resumed the finished base model from {paths['base.pt']}")
-    else:
-        start, opt_state = 0, None
-        if cfg.resume and os.path.exists(paths["pretrain.pt"]):
-            ckpt = load_checkpoint(paths["pretrain.pt"], device)
-            model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-            say(f"resumed pretraining at step {start}")
-            if main_rank:
-                drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
-        else:
-            log(run_info)
-            model = Transformer(make_config(cfg.preset)).to(device)
-        say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
-            f"active per token, on {device}")
-
-        def save(step, opt):
-            if main_rank:
-                save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
-
-        pretrain(model, cfg, device, log, save, start, opt_state)
-        if main_rank:
-            save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
+    model = pretrain_base(cfg, device, log, paths, first_row=run_info)
 
     test_rows = data.countdown_dataset("test", n=cfg.eval_problems, seed=cfg.seed).to_list()
     evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
