@@ -295,6 +295,15 @@ def load_jsonl(path):
         raise ValueError(f"{path}: no problems found")
     return Dataset.from_list(rows)
 
+
+def problem_rows(split, n=None, seed=0, path=""):
+    """The problems RL trains on or the evaluation scores, as task dicts: a user's JSONL file (load_jsonl) if
+    `path`, else the Countdown split; n of them drawn without replacement by seed (all if n is None)."""
+    if not path:
+        return countdown_dataset(split, n=n, seed=seed).to_list()
+    rows = load_jsonl(path).to_list()
+    return rows if n is None else random.Random(seed).sample(rows, min(n, len(rows)))
+
 # -----------------------------------------------------------------------------
 # Pretraining corpus
 

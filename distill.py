@@ -162,7 +162,7 @@ class Student:
                            device=str(device))
         self.sft_cfg = replace(cfg.sft, seed=seed)
         self.distill_rl_steps, self.device = cfg.distill_rl_steps, device
-        self.train_rows = data.countdown_dataset("train", seed=seed).to_list()  # as train.py's RL draws them
+        self.train_rows = data.problem_rows("train", seed=seed, path=teacher_cfg.train_data)  # as train.py's RL
 
     def log(self, row):
         with open(self.paths["metrics.jsonl"], "a") as f:
@@ -309,7 +309,7 @@ def run(cfg: DistillConfig):
         os.replace(tmp, results_path)
 
     # the teacher's held-out problems (train.py draws them so) and its own evaluation protocol
-    test_rows = data.countdown_dataset("test", n=eval_problems, seed=teacher_cfg.seed).to_list()
+    test_rows = data.problem_rows("test", eval_problems, teacher_cfg.seed, teacher_cfg.eval_data)
 
     def evaluate_model(model):
         return evaluate(model, test_rows, eval_samples, teacher_cfg.grpo.max_new_tokens,
@@ -317,7 +317,7 @@ def run(cfg: DistillConfig):
 
     # 1. the teacher's data, once
     if not os.path.exists(teacher_jsonl):
-        rows = data.countdown_dataset("train", n=cfg.reject_problems, seed=cfg.rejection.seed).to_list()
+        rows = data.problem_rows("train", cfg.reject_problems, cfg.rejection.seed, teacher_cfg.train_data)
         try:
             examples, stats = rejection_sample(teacher, rows, cfg.rejection)
         except ValueError as err:

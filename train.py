@@ -7,6 +7,7 @@ R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then eva
                                              # a smoke run (3 min on a shared 2-core CPU at load 6)
     python train.py --resume                 # continue from out/ after an interruption (stops if none)
     python train.py --recipe r1              # DeepSeek-R1's stages after the base model (README, run_r1)
+    python train.py --train-data mine.jsonl --eval-data held_out.jsonl   # your own problems (data.load_jsonl)
     torchrun --standalone --nproc-per-node 8 train.py   # data parallel over 8 GPUs (distributed.py)
 
 Settings given on the command line always win; the setup (gpu, or cpu: CPU_SETUP) fills in the rest.
@@ -104,8 +105,10 @@ class TrainConfig:
     # R1-Zero RL
     rl_steps: int = 120
     rl_prompts_per_step: int = 64      # x group_size = 512 rollouts, one decode batch
+    train_data: str = ""                # a JSONL file of your own RL problems (data.load_jsonl); "": Countdown's
     # evaluation on the held-out split
-    eval_problems: int = 200
+    eval_data: str = ""                 # a JSONL file of your own held-out problems; "": Countdown's test split
+    eval_problems: int = 200            # drawn from the held-out problems (by --seed); 0 skips evaluation
     eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
     eval_temperature: float = 0.6      # R1's evaluation protocol: temperature 0.6, top-p 0.95, pass@1 over k
     eval_top_p: float = 0.95
@@ -481,7 +484,7 @@ def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
     Rank 0 alone samples (rejection.py is single-process); the other ranks wait, then read the file."""
     path, ok, err = paths["rejection.jsonl"], 1.0, None
     if distributed.is_main() and not (cfg.resume and os.path.exists(path)):
-        rows = data.countdown_dataset("train", n=cfg.r1.rejection_problems, seed=cfg.seed).to_list()
+        rows = data.problem_rows("train", cfg.r1.rejection_problems, cfg.seed, cfg.train_data)
         rej_cfg = RejectionConfig(samples_per_prompt=cfg.r1.rejection_samples_per_prompt,
                                   max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.grpo.temperature,
                                   keep_per_prompt=cfg.r1.rejection_keep_per_prompt, seed=cfg.seed,
@@ -502,13 +505,12 @@ def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
     return examples + non_reasoning_examples(round(f / (1 - f) * len(examples)), cfg.seed)
 
 
-def all_scenarios_rows(cfg: TrainConfig):
-    """Sec. 2.3.4's prompts "from diverse scenarios", rule-rewarded: the Countdown RL problems plus "Compute ..."
+def all_scenarios_rows(cfg: TrainConfig, train_rows):
+    """Sec. 2.3.4's prompts "from diverse scenarios", rule-rewarded: the RL problems plus "Compute ..."
     arithmetic problems (--r1-final-arithmetic-fraction of all)."""
-    countdown = data.countdown_dataset("train", seed=cfg.seed).to_list()
     f, rng = cfg.r1.final_arithmetic_fraction, random.Random(cfg.seed + 1)
-    arithmetic = [data.arithmetic_expression(rng) for _ in range(round(f / (1 - f) * len(countdown)))]
-    return countdown + [data.arithmetic_row(data.arithmetic_question(e.text), e.value) for e in arithmetic]
+    arithmetic = [data.arithmetic_expression(rng) for _ in range(round(f / (1 - f) * len(train_rows)))]
+    return train_rows + [data.arithmetic_row(data.arithmetic_question(e.text), e.value) for e in arithmetic]
 
 
 def run_sft(model, examples_fn, sft_cfg: SFTConfig, cfg: TrainConfig, device, log, paths, stage):
@@ -545,9 +547,10 @@ def run_sft(model, examples_fn, sft_cfg: SFTConfig, cfg: TrainConfig, device, lo
     return model
 
 
-def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as):
-    """DeepSeek-R1's four stages after the base model, each resumable. evaluate_as(name, model, t0) evaluates
-    each stage's model on the held-out problems and records the stage's wall time since t0."""
+def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as, train_rows):
+    """DeepSeek-R1's four stages after the base model, each resumable, on the RL problems train_rows.
+    evaluate_as(name, model, t0) evaluates each stage's model on the held-out problems and records the stage's
+    wall time since t0."""
     r1 = cfg.r1
 
     def sft_config(epochs, lr):
@@ -562,8 +565,8 @@ def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as):
     evaluate_as("coldstart", model, t0)
     # 2. reasoning-oriented RL (sec. 2.3.2) on the cold-started model, with the language-consistency reward
     t0 = time.time()
-    run_rl(model, cfg, device, log, paths, data.countdown_dataset("train", seed=cfg.seed).to_list(),
-           stage="rl_reasoning", grpo_cfg=language, steps=r1.reasoning_rl_steps)
+    run_rl(model, cfg, device, log, paths, train_rows, stage="rl_reasoning", grpo_cfg=language,
+           steps=r1.reasoning_rl_steps)
     evaluate_as("rl_reasoning", model, t0)
     # 3. rejection sampling from the stage-2 model + non-reasoning data, then SFT of the *base* model for two
     #    epochs (sec. 2.3.3: R1 restarts from DeepSeek-V3-Base, not from the RL model)
@@ -575,15 +578,30 @@ def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as):
     evaluate_as("rsft", model, t0)
     # 4. RL for all scenarios (sec. 2.3.4): Countdown and arithmetic prompts, rule rewards, language reward kept
     t0 = time.time()
-    run_rl(model, cfg, device, log, paths, all_scenarios_rows(cfg), stage="rl_final", grpo_cfg=language,
-           steps=r1.final_rl_steps)
+    run_rl(model, cfg, device, log, paths, all_scenarios_rows(cfg, train_rows), stage="rl_final",
+           grpo_cfg=language, steps=r1.final_rl_steps)
     evaluate_as("r1", model, t0)
     return model
+
+
+def problem_sets(cfg: TrainConfig):
+    """-> (RL problems, held-out problems): --train-data and --eval-data, or the Countdown splits. A bad file
+    stops the run with its name and line number, before any training."""
+    try:
+        train_rows = data.problem_rows("train", seed=cfg.seed, path=cfg.train_data)
+        test_rows = data.problem_rows("test", cfg.eval_problems, cfg.seed, cfg.eval_data)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--train-data/--eval-data: {err}") from None
+    if len(train_rows) < cfg.rl_prompts_per_step:  # each RL step draws that many distinct problems
+        raise SystemExit(f"--train-data {cfg.train_data}: {len(train_rows)} problems, fewer than "
+                         f"--rl-prompts-per-step {cfg.rl_prompts_per_step}")
+    return train_rows, test_rows
 
 
 def main(cfg: TrainConfig):
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but no CUDA device is available")
+    train_rows, test_rows = problem_sets(cfg)  # a bad file stops the run here, before any training
     device = distributed.setup(cfg.device, cfg.dist_backend)  # under torchrun: join the other ranks
     # Rank 0 alone writes files and prints. Each rank samples its own rollouts (seed + rank); the model's
     # initial weights are made equal when DDP wraps it (broadcast from rank 0); the prompt sampler (python
@@ -619,7 +637,6 @@ def main(cfg: TrainConfig):
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
     model = pretrain_base(cfg, device, log, paths, first_row=run_info)
 
-    test_rows = data.countdown_dataset("test", n=cfg.eval_problems, seed=cfg.seed).to_list()
     evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     if "base" not in evals and cfg.eval_problems:
         evals["base"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
@@ -641,11 +658,11 @@ def main(cfg: TrainConfig):
                 json.dump(evals, open(paths["eval.json"], "w"), indent=2)
 
         # 2-5. DeepSeek-R1's stages on the base model, each evaluated on the same held-out problems
-        run_r1(model, cfg, device, log, paths, evaluate_as)
+        run_r1(model, cfg, device, log, paths, evaluate_as, train_rows)
         rl_stages = ("rl_reasoning", "rl_final")
     else:
         # 2. R1-Zero RL on the base model
-        run_rl(model, cfg, device, log, paths, data.countdown_dataset("train", seed=cfg.seed).to_list())
+        run_rl(model, cfg, device, log, paths, train_rows)
 
         # 3. Evaluate the RL model on the same held-out problems
         if cfg.rl_steps and cfg.eval_problems:

@@ -12,6 +12,7 @@ import torch
 import data
 import train
 from checkpoint import load_checkpoint
+from grpo import GRPOTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "30", "--pretrain-batch-size", "8",
@@ -109,6 +110,43 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert sample.returncode == 0 and "sample 0" in sample.stdout, sample.stderr
 
+
+def test_own_problems_from_jsonl_files(tmp_path, monkeypatch):
+    train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train_lines = [{"numbers": [3, 7, 11], "target": 54}, {"numbers": [2, 5, 9], "target": 19},
+                   {"question": "What is 6 * 7?", "answer": "42"}, {"numbers": [4, 4, 8], "target": 24},
+                   {"question": "Compute 12 - 5.", "answer": 7}]
+    train_file.write_text("".join(json.dumps(line) + "\n" for line in train_lines))
+    eval_file.write_text(json.dumps({"numbers": [1, 2, 3], "target": 6}) + "\n\n"
+                         + json.dumps({"question": "What is 3/4 as a decimal?", "answer": "0.75"}) + "\n")
+    seen = []  # the questions RL trained on
+    real_step = GRPOTrainer.step
+
+    def recording_step(trainer, rows):
+        seen.extend(row["question"] for row in rows)
+        return real_step(trainer, rows)
+    monkeypatch.setattr(GRPOTrainer, "step", recording_step)
+    out = tmp_path / "run"
+    evals = train.main(train.parse_args(TINY + ["--out-dir", str(out), "--pretrain-steps", "5", "--rl-steps", "2",
+                                                "--train-data", str(train_file), "--eval-data", str(eval_file)]))
+    questions = {row["question"] for row in data.load_jsonl(train_file)}
+    assert len(seen) == 2 * 4 and set(seen) <= questions
+    assert evals["base"]["problems"] == evals["rl"]["problems"] == 2  # every problem of the file (3 asked)
+    assert [r["step"] for r in map(json.loads, open(out / "metrics.jsonl")) if r["stage"] == "rl"] == [0, 1]
+
+
+def test_bad_problem_files_fail_before_any_training(tmp_path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text("".join(json.dumps({"numbers": [3, 7, n], "target": 20}) + "\n" for n in range(1, 5)))
+    bad.write_text(good.read_text().splitlines()[0] + "\n\n" + '{"numbers": [3, 7], "target": "x"}\n')
+    out = tmp_path / "run"
+    for args, message in ((["--train-data", str(bad)], f"{bad}:3: 'numbers' must be"),
+                          (["--eval-data", str(bad)], f"{bad}:3:"),
+                          (["--train-data", str(tmp_path / "missing.jsonl")], "No such file"),
+                          (["--train-data", str(good), "--rl-prompts-per-step", "8"], "4 problems, fewer than")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(train.parse_args(TINY + ["--out-dir", str(out), *args]))
+        assert not os.path.exists(out / "metrics.jsonl") and not os.path.exists(out / "pretrain.pt")
 
 
 # -----------------------------------------------------------------------------
