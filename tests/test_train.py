@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import r1
 import train
 from checkpoint import load_checkpoint
 from grpo import GRPOTrainer
@@ -164,8 +165,8 @@ class Crash(Exception):
 
 
 def crash_after_logging(monkeypatch, function, stage, step):
-    """Make train.<function> (run_sft or run_rl) raise Crash right after logging `stage`'s step `step`, once."""
-    real = getattr(train, function)
+    """Make r1.<function> (run_sft or run_rl) raise Crash right after logging `stage`'s step `step`, once."""
+    real = getattr(r1, function)
     signature = inspect.signature(real)
 
     def crashing(*args, **kwargs):
@@ -175,11 +176,11 @@ def crash_after_logging(monkeypatch, function, stage, step):
         def log_then_crash(row):
             log(row)
             if row.get("stage") == stage and row.get("step") == step:
-                monkeypatch.setattr(train, function, real)  # only once
+                monkeypatch.setattr(r1, function, real)  # only once
                 raise Crash(f"{stage} step {step}")
         bound.arguments["log"] = log_then_crash
         return real(*bound.args, **bound.kwargs)
-    monkeypatch.setattr(train, function, crashing)
+    monkeypatch.setattr(r1, function, crashing)
 
 
 def correct_samples(model, rows, cfg, decoder=None):
@@ -211,14 +212,14 @@ def test_r1_recipe_end_to_end_with_crash_and_resume_in_every_stage(tmp_path, mon
     with pytest.raises(SystemExit, match=r"rejection sampling \(R1 stage 3\): no sample survived rejection"):
         train.main(train.parse_args(args + ["--resume"]))
     assert not os.path.exists(os.path.join(out, "rejection.jsonl"))
-    monkeypatch.setattr(train, "rejection_sample", correct_samples)
+    monkeypatch.setattr(r1, "rejection_sample", correct_samples)
     crash_after_logging(monkeypatch, "run_sft", "rsft", 2)
     with pytest.raises(Crash):
         train.main(train.parse_args(args + ["--resume"]))
     crash_after_logging(monkeypatch, "run_rl", "rl_final", 2)
     with pytest.raises(Crash):
         train.main(train.parse_args(args + ["--resume"]))
-    monkeypatch.setattr(train, "rejection_sample", None)  # the finished rsft stage must not sample again
+    monkeypatch.setattr(r1, "rejection_sample", None)  # the finished rsft stage must not sample again
     evals = train.main(train.parse_args(args + ["--resume"]))
 
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
