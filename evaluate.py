@@ -12,7 +12,7 @@ import torch
 import data
 import distributed
 import rewards
-from sample import Decoder
+from sample import Decoder, rollouts
 
 
 def answer_key(text, row):
@@ -31,26 +31,21 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
     enc = data.get_tokenizer()
     n_problems = len(rows)
     rows = rows[distributed.rank()::distributed.world_size()]
-    prompts = [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(k)]
-    texts, decoder = [], Decoder(model)
-    for i in range(0, len(prompts), batch_size):
-        texts += ["<think>" + enc.decode(c) for c in
-                  decoder.generate(prompts[i:i + batch_size], max_new_tokens, temperature, top_p)]
+    batch = rollouts(Decoder(model), rows, k, max_new_tokens, temperature, top_p, batch_size)
     pass1, cons, lengths, reflections, consistency = [], [], [], [], []
     for j, row in enumerate(rows):
-        group = texts[j * k:(j + 1) * k]
-        scores = [rewards.score(t, row).accuracy for t in group]
-        pass1.append(sum(scores) / k)
-        votes = Counter(key for key in (answer_key(t, row) for t in group) if key is not None)
+        texts, scores = batch.texts[j * k:(j + 1) * k], batch.scores[j * k:(j + 1) * k]
+        pass1.append(sum(s.accuracy for s in scores) / k)
+        votes = Counter(key for key in (answer_key(t, row) for t in texts) if key is not None)
         target = row["target"] if row["task"] == "countdown" else rewards.parse_number(row["answer"])
         cons.append(float(bool(votes) and votes.most_common(1)[0][0] == target))
-        lengths += [len(enc.encode(t, allowed_special="all")) for t in group]
-        reflections += [rewards.reflection_count(t) for t in group]
-        consistency += [rewards.language_consistency(t) for t in group]  # all prompts are English
+        lengths += [len(enc.encode(t, allowed_special="all")) for t in texts]
+        reflections += [s.reflections for s in scores]
+        consistency += [s.language_consistency for s in scores]  # against English, the prompts' language
     sums = distributed.all_reduce_metrics({"pass@1": sum(pass1), "cons": sum(cons), "tokens": sum(lengths),
                                            "reflections": sum(reflections), "consistency": sum(consistency)}, "sum")
     return {"pass@1": sums["pass@1"] / n_problems, f"cons@{k}": sums["cons"] / n_problems,
             "mean_response_tokens": sums["tokens"] / (n_problems * k),
             "reflections_per_response": sums["reflections"] / (n_problems * k),
             "language_consistency": sums["consistency"] / (n_problems * k),
-            "problems": n_problems, "samples_per_problem": k, "example": texts[0] if texts else None}
+            "problems": n_problems, "samples_per_problem": k, "example": batch.texts[0] if batch.texts else None}

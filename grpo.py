@@ -57,10 +57,10 @@ from dataclasses import dataclass
 import torch
 
 import distributed
-from data import encode, get_tokenizer, make_prompt, pad_token_id, stop_token_ids
+from data import pad_token_id, stop_token_ids
 from kernels import token_logprobs
 from rewards import score
-from sample import Decoder
+from sample import Decoder, rollouts
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -307,31 +307,20 @@ class GRPOTrainer:
         return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
                               return_entropy=return_entropy)
 
-    def rollout(self, rows):
-        """G samples per prompt from the current policy (KV cache, eval mode, no grad).
-        Returns prompts and completions (token-id lists), G consecutive rows per prompt."""
-        cfg = self.cfg
-        prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(cfg.group_size)]
-        completions = []
-        for i in range(0, len(prompts), cfg.rollout_batch_size):
-            completions += self.decoder.generate(prompts[i:i + cfg.rollout_batch_size], cfg.max_new_tokens,
-                                                 cfg.temperature)
-        return prompts, completions
-
     def step(self, rows):
         """rows: this rank's prompts, a list of task dicts (data.py). Returns (stats over all ranks, this rank's
         aha examples)."""
-        cfg, enc, G = self.cfg, get_tokenizer(), self.cfg.group_size
+        cfg, G = self.cfg, self.cfg.group_size
 
-        # 1. Rollouts
+        # 1. Rollouts: G samples per prompt from the current policy (KV cache, eval mode, no grad), scored by the
+        #    rule-based rewards
         t0 = time.time()
-        prompts, completions = self.rollout(rows)
-        texts = ["<think>" + enc.decode(c) for c in completions]
+        prompts, completions, texts, scores = rollouts(
+            self.decoder, rows, G, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size,
+            score=lambda text, row: self.reward_fn(text, row, cfg.format_weight, cfg.language_weight))
         t_rollout = time.time() - t0
 
-        # 2. Rule-based rewards, then the update on them
-        scores = [self.reward_fn(text, rows[i // G], cfg.format_weight, cfg.language_weight)
-                  for i, text in enumerate(texts)]
+        # 2. The update on their rewards
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
         truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
         reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,

@@ -10,9 +10,11 @@ row its own RoPE positions (see model.py), so a row decodes exactly as it would 
 import argparse
 import copy
 import time
+from typing import NamedTuple
 
 import torch
 
+import rewards
 from checkpoint import load_checkpoint
 from data import (check_countdown, countdown_question, encode, get_tokenizer, make_prompt, pad_token_id,
                   stop_token_ids)
@@ -202,6 +204,26 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
              cuda_graph=True):
     """One-off batched sampling (see Decoder; keep a Decoder to reuse its graphs across calls)."""
     return Decoder(model, cuda_graph).generate(prompts, max_new_tokens, temperature, top_p, stop_ids, generator)
+
+
+class Rollouts(NamedTuple):
+    prompts: list       # token ids, k consecutive rows per problem
+    completions: list   # token ids, each ending with its stop token unless it ran out of its budget
+    texts: list         # the assistant turns as rewards.py scores them: "<think>" + the decoded completion
+    scores: list        # the rewards.Reward of each text
+
+
+def rollouts(decoder, rows, k, max_new_tokens, temperature=1.0, top_p=1.0, batch_size=512, score=rewards.score):
+    """k sampled answers to each problem of `rows` (task dicts of data.py), decoded batch_size rows at a time,
+    and their rewards, score(text, row): what a GRPO step learns from, and what the evaluation and rejection
+    sampling count and keep."""
+    prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(k)]
+    completions = []
+    for i in range(0, len(prompts), batch_size):
+        completions += decoder.generate(prompts[i:i + batch_size], max_new_tokens, temperature, top_p)
+    enc = get_tokenizer()
+    texts = ["<think>" + enc.decode(c) for c in completions]
+    return Rollouts(prompts, completions, texts, [score(text, rows[i // k]) for i, text in enumerate(texts)])
 
 
 def main():
