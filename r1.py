@@ -19,6 +19,7 @@ from config import TrainConfig
 from rejection import RejectionConfig, rejection_sample
 from rl import run_rl
 from sft import SFTConfig, example_from_text, sft
+from template import THINK
 
 
 def coldstart_examples(cfg: TrainConfig):
@@ -33,7 +34,7 @@ def coldstart_examples(cfg: TrainConfig):
         row = data.countdown_row(numbers, target, rng)
         response = data.countdown_response(rng, (numbers, target), style)
         written += 1
-        if rewards.score("<think>" + response, row).accuracy == 1:
+        if rewards.score(THINK + response, row).accuracy == 1:
             examples.append(example_from_text(data.make_prompt(row["question"]), response))
     if not examples:
         raise ValueError(f"no valid cold-start example: none of {written} reflect-style answers ended correct "
@@ -48,8 +49,8 @@ def non_reasoning_examples(n, seed):
     rng, examples = random.Random(seed), []
     for _ in range(n):
         e = data.arithmetic_expression(rng)
-        examples.append(example_from_text(data.make_prompt(data.arithmetic_question(e.text)),
-                                          f" </think> <answer> {e.value} </answer>"))
+        question = data.arithmetic_question(e.text)
+        examples.append(example_from_text(data.make_prompt(question), data.answer_turn(e.value)))
     return examples
 
 

@@ -19,6 +19,7 @@ from checkpoint import load_checkpoint
 from data import (check_countdown, countdown_question, encode, get_tokenizer, make_prompt, pad_token_id,
                   stop_token_ids)
 from model import KVCache
+from template import THINK
 
 
 def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
@@ -222,7 +223,7 @@ def rollouts(decoder, rows, k, max_new_tokens, temperature=1.0, top_p=1.0, batch
     for i in range(0, len(prompts), batch_size):
         completions += decoder.generate(prompts[i:i + batch_size], max_new_tokens, temperature, top_p)
     enc = get_tokenizer()
-    texts = ["<think>" + enc.decode(c) for c in completions]
+    texts = [THINK + enc.decode(c) for c in completions]
     return Rollouts(prompts, completions, texts, [score(text, rows[i // k]) for i, text in enumerate(texts)])
 
 
@@ -259,7 +260,7 @@ def main():
     enc = get_tokenizer()
     print(prompt)
     for i, c in enumerate(completions):
-        print(f"--- sample {i}\n<think>{enc.decode(c)}")
+        print(f"--- sample {i}\n{THINK}{enc.decode(c)}")
     print(f"({sum(map(len, completions))} tokens in {time.time() - t0:.2f}s)")
 
 
