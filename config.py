@@ -5,8 +5,10 @@ rl.py, r1.py, train.py, distill.py); the settings of GRPO and of the corpus live
 data.py) and nest here.
 """
 
+import inspect
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 
 import data
 import distributed
@@ -14,26 +16,34 @@ from grpo import GRPOConfig
 from model import make_config
 
 
+def field_help(config_class):
+    """{field name: the comment on its line} of a dataclass, read from its source: each setting is explained once,
+    where it is declared, and train.py --help shows that."""
+    names = {f.name for f in fields(config_class)}
+    found = re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(config_class), re.MULTILINE)
+    return {name: comment for name, comment in found if name in names}
+
+
 @dataclass
 class R1Config:
     """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1. Not tuned yet."""
-    coldstart_examples: int = 3000      # sec. 2.3.1: "thousands of" readable long-CoT examples
-    coldstart_epochs: int = 2
-    coldstart_lr: float = 1e-4
-    reasoning_rl_steps: int = 120       # sec. 2.3.2: reasoning RL on the cold-started model
-    language_weight: float = 1.0        # sec. 2.3.2's language-consistency reward, in stages 2 and 4
-    rejection_problems: int = 1000      # sec. 2.3.3: RL-split prompts sampled from the stage-2 model
-    rejection_samples_per_prompt: int = 8
-    rejection_keep_per_prompt: int = 4
-    rejection_max_tokens_frac: float = 0.875  # longest kept answer, as a share of --rl-max-new-tokens (448/512)
-    non_reasoning_fraction: float = 0.25  # of the SFT set (R1: 200k of 800k samples are non-reasoning)
-    rsft_epochs: int = 2                # sec. 2.3.3: "fine-tune DeepSeek-V3-Base for two epochs"
-    rsft_lr: float = 1e-4
-    sft_batch_size: int = 16            # both SFT stages
-    sft_seq_len: int = 640              # at most the model's max_seq_len
+    coldstart_examples: int = 3000      # cold-start SFT examples (sec. 2.3.1: "thousands of" readable long CoTs)
+    coldstart_epochs: int = 2           # epochs of cold-start SFT
+    coldstart_lr: float = 1e-4          # peak learning rate of cold-start SFT
+    reasoning_rl_steps: int = 120       # steps of reasoning RL on the cold-started model (sec. 2.3.2)
+    language_weight: float = 1.0        # weight of sec. 2.3.2's language-consistency reward, in stages 2 and 4
+    rejection_problems: int = 1000      # RL problems the stage-2 model answers for rejection sampling (sec. 2.3.3)
+    rejection_samples_per_prompt: int = 8  # answers sampled per problem
+    rejection_keep_per_prompt: int = 4  # most distinct correct answers kept per problem
+    rejection_max_tokens_frac: float = 0.875  # longest kept answer, as a share of the RL budget (448 of 512)
+    non_reasoning_fraction: float = 0.25  # share of direct answers in the SFT set (R1: 200k of 800k samples)
+    rsft_epochs: int = 2                # epochs of SFT on them (sec. 2.3.3: "for two epochs")
+    rsft_lr: float = 1e-4               # peak learning rate of that SFT
+    sft_batch_size: int = 16            # rows per step of both SFT stages
+    sft_seq_len: int = 640              # longest SFT example in tokens, at most the model's max_seq_len
     sft_checkpoint_every: int = 50      # SFT steps between checkpoints
-    final_rl_steps: int = 120           # sec. 2.3.4: RL for all scenarios on the rejection-SFT model
-    final_arithmetic_fraction: float = 0.25  # of stage 4's prompts: non-Countdown ("Compute ...") problems
+    final_rl_steps: int = 120           # steps of RL for all scenarios on the rejection-SFT model (sec. 2.3.4)
+    final_arithmetic_fraction: float = 0.25  # share of "Compute ..." problems among stage 4's prompts
 
     def validate(self):
         for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
@@ -61,29 +71,29 @@ class TrainConfig:
     recipe: str = "r1-zero"             # r1-zero: base -> RL; r1: base -> cold start -> RL -> rejection SFT -> RL
     setup: str = "auto"                 # gpu (these defaults) or cpu (CPU_SETUP); auto: cpu when no GPU is used
     preset: str = "small"               # model preset: tiny (CPU tests), cpu (CPU_SETUP), small (one GPU), medium
-    out_dir: str = "out"
-    seed: int = 0
+    out_dir: str = "out"                # where metrics, checkpoints, transcripts, eval.json and plots go
+    seed: int = 0                       # seeds the weights, the corpus, the problems drawn and the sampling
     device: str = "auto"                # auto: cuda if available, else cpu
     resume: bool = False                # continue from the checkpoints in out_dir; stops if there are none
     dist_backend: str = "auto"          # under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device
     # pretraining on the synthetic corpus
-    pretrain_steps: int = 2000
-    pretrain_batch_size: int = 64      # global: split over the ranks under torchrun, as is rl_prompts_per_step
-    pretrain_seq_len: int = 512
-    pretrain_lr: float = 2e-3
-    pretrain_warmup: int = 100
-    pretrain_unique_tokens: int = 20_000_000  # the corpus stream is generated once and cycled
+    pretrain_steps: int = 2000          # optimizer steps of pretraining
+    pretrain_batch_size: int = 64       # windows per step, global: split over the ranks under torchrun
+    pretrain_seq_len: int = 512         # tokens per window of the packed corpus stream
+    pretrain_lr: float = 2e-3           # peak learning rate (AdamW), then cosine down to 10%
+    pretrain_warmup: int = 100          # steps of linear warmup
+    pretrain_unique_tokens: int = 20_000_000  # corpus tokens generated, then cycled
     # R1-Zero RL
-    rl_steps: int = 120
-    rl_prompts_per_step: int = 64      # x group_size = 512 rollouts, one decode batch
+    rl_steps: int = 120                 # GRPO steps of R1-Zero's RL
+    rl_prompts_per_step: int = 64       # problems per RL step, global (x group_size = 512 rollouts, one decode batch)
     train_data: str = ""                # a JSONL file of your own RL problems (data.load_jsonl); "": Countdown's
     # evaluation on the held-out split
     eval_data: str = ""                 # a JSONL file of your own held-out problems; "": Countdown's test split
     eval_problems: int = 200            # drawn from the held-out problems (by --seed); 0 skips evaluation
     eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
-    eval_temperature: float = 0.6      # R1's evaluation protocol: temperature 0.6, top-p 0.95, pass@1 over k
-    eval_top_p: float = 0.95
-    log_every: int = 10
+    eval_temperature: float = 0.6       # sampling temperature (R1's protocol: 0.6, top-p 0.95, pass@1 over k)
+    eval_top_p: float = 0.95            # nucleus sampling's probability mass
+    log_every: int = 10                 # steps between the metrics rows of pretraining and SFT (RL logs every step)
     checkpoint_every: int = 20          # RL steps between checkpoints
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)

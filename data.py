@@ -306,12 +306,12 @@ def problem_rows(split, n=None, seed=0, path=""):
 @dataclass
 class CorpusConfig:
     p_arithmetic: float = 0.15   # share of arithmetic drill documents
-    p_try: float = 0.25          # Countdown styles: guess / try / reflect
-    p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step; one seed in 3 never amplified them
+    p_try: float = 0.25          # share of try-style Countdown answers (guesses fill what try and reflect leave)
+    p_reflect: float = 0.1       # share of reflect-style Countdown answers (at 5%, one RL seed in 3 never used them)
     p_correct: float = 0.15      # chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)
     max_attempts: int = 10       # the reflect style gives up after this many misses
     p_second_language_reflect: float = 0.0  # share of reflect responses reasoning in the second language
-    p_second_language_other: float = 0.0    # the same for guess and try responses
+    p_second_language_other: float = 0.0    # share of guess and try responses reasoning in the second language
 
     def validate(self):
         for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",

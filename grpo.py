@@ -197,20 +197,20 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
 
 @dataclass
 class GRPOConfig:
-    group_size: int = 8               # G completions per prompt
-    max_new_tokens: int = 512
+    group_size: int = 8               # G: answers sampled per prompt, each compared with its group
+    max_new_tokens: int = 512         # the response budget in tokens, of rollouts and of the evaluation
     temperature: float = 1.0          # sampling temperature of the rollouts (and of the log-probs)
-    lr: float = 3e-5                  # slow enough that the length/reflection rise spans ~20-40 steps (1e-4: ~15)
+    lr: float = 3e-5                  # learning rate: the length/reflection rise spans ~20-40 steps (1e-4: ~15)
     epochs: int = 1                   # μ: passes over each batch of rollouts
     minibatches: int = 4              # optimizer steps per pass; later ones are off-policy, hence the clip
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.28       # DAPO's clip-higher: more room for unlikely tokens to grow
-    kl_beta: float = 0.001            # 0 skips the reference model entirely
-    loss_agg_mode: str = "token-mean"
-    scale_std: bool = True            # False: Dr. GRPO advantages (no division by the group's std)
+    clip_eps_low: float = 0.2         # the ratio's lower clip, 1 - eps_low
+    clip_eps_high: float = 0.28       # its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow
+    kl_beta: float = 0.001            # weight of the KL penalty to the reference; 0 skips the reference model
+    loss_agg_mode: str = "token-mean"  # how token losses average (LOSS_AGG_MODES, see aggregate_loss)
+    scale_std: bool = True            # divide advantages by the group's std (False: Dr. GRPO's advantages)
     format_weight: float = 0.1        # reward = accuracy + format_weight * format (+ the language term)
     language_weight: float = 0.0      # + language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0        # gradients are clipped to this norm
     rollout_batch_size: int = 512     # rows decoded together (by each rank)
     # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
     overlong_filter: bool = False     # truncated responses (no stop token within the budget) carry no gradient

@@ -30,7 +30,7 @@ import torch
 import data
 import distributed
 from checkpoint import git_commit
-from config import R1Config, TrainConfig
+from config import R1Config, TrainConfig, field_help
 from curves import growth, plot_curves
 from evaluate import evaluate
 from grpo import GRPOConfig
@@ -69,28 +69,28 @@ def choose_setup(setup, device):
 # -----------------------------------------------------------------------------
 # The command line: every field of the configs is a flag
 
+# the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
+NESTED = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_"), "r1": (R1Config, "r1_")}
+
+
 def parse_args(argv=None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     defaults = {}  # the GPU recipe; the namespace holds only the flags given (argument_default=SUPPRESS)
 
-    def add(name, default):
-        flag = "--" + name.replace("_", "-")
+    def add(name, default, comment):
+        """A flag for a field; its help is the comment on the field's line (config.field_help)."""
         defaults[name] = default
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS)
-        else:
-            help = f"default: {default}" + (f" (cpu setup: {CPU_SETUP[name]})" if name in CPU_SETUP else "")
-            parser.add_argument(flag, dest=name, type=type(default), default=argparse.SUPPRESS, help=help)
+        help = f"{comment} (default: {default}" + (f"; cpu setup: {CPU_SETUP[name]})" if name in CPU_SETUP else ")")
+        kind = dict(action="store_true") if isinstance(default, bool) else dict(type=type(default))
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                            help=help.replace("%", "%%"), **kind)  # argparse formats help with %
 
-    # the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
-    nested = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_"), "r1": (R1Config, "r1_")}
-    for f in fields(TrainConfig):
-        if f.name not in nested:
-            add(f.name, getattr(TrainConfig, f.name))
-    for config_class, prefix in nested.values():
+    for config_class, prefix in [(TrainConfig, ""), *NESTED.values()]:
+        comments = field_help(config_class)
         for f in fields(config_class):
-            add(prefix + f.name, getattr(config_class, f.name))
+            if f.name not in NESTED or config_class is not TrainConfig:
+                add(prefix + f.name, getattr(config_class, f.name), comments.get(f.name, ""))
     given = vars(parser.parse_args(argv))
     args = {**defaults, **given}
     if args["setup"] not in ("auto", "gpu", "cpu"):
@@ -101,7 +101,7 @@ def parse_args(argv=None) -> TrainConfig:
     if args["setup"] == "cpu":  # explicit flags win over the CPU setup
         args = {**defaults, **CPU_SETUP, **given, "setup": "cpu"}
     sub_configs = {key: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)})
-                   for key, (config_class, prefix) in nested.items()}
+                   for key, (config_class, prefix) in NESTED.items()}
     try:
         cfg = TrainConfig(**args, **sub_configs)
         cfg.validate()

@@ -1,6 +1,7 @@
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,21 @@ def test_bad_cli_values_fail_clearly():
                             "0.05", "--rl-language-weight", "0.1"])
     assert (cfg.corpus.p_second_language_reflect, cfg.corpus.p_second_language_other) == (0.8, 0.05)
     assert cfg.grpo.language_weight == 0.1 and train.parse_args([]).grpo.language_weight == 0.0
+
+
+def test_every_flag_has_help_from_its_field_comment(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    options = capsys.readouterr().out.split("\noptions:\n")[1]
+    entries = re.split(r"\n  (?=--)", options)[1:]  # one per flag: "--flag [METAVAR]  help (default: ...)"
+    assert len(entries) > 60
+    for entry in entries:
+        flag, _, rest = entry.partition(" ")
+        text = " ".join(re.sub(r"^[A-Z0-9_]+\b", "", rest.strip()).split())
+        assert text and not text.startswith("(default:"), (flag, text)
+        assert "(default: " in text, flag
+    flat = " ".join(options.split())
+    assert "--pretrain-steps PRETRAIN_STEPS optimizer steps of pretraining (default: 2000; cpu setup: 1000)" in flat
 
 
 def test_setup_auto_picks_cpu_without_gpu_and_explicit_flags_win(monkeypatch, capsys):
