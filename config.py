@@ -50,20 +50,20 @@ class R1Config:
                      "rejection_keep_per_prompt", "rsft_epochs", "sft_batch_size", "sft_seq_len",
                      "sft_checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--r1-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"R1Config.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("reasoning_rl_steps", "final_rl_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--r1-{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"R1Config.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("coldstart_lr", "rsft_lr"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"--r1-{name.replace('_', '-')} must be a positive number")
+                raise ValueError(f"R1Config.{name} must be a positive number")
         if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
-            raise ValueError(f"--r1-language-weight must be >= 0, got {self.language_weight}")
+            raise ValueError(f"R1Config.language_weight must be >= 0, got {self.language_weight}")
         if not 0 < self.rejection_max_tokens_frac <= 1:
-            raise ValueError("--r1-rejection-max-tokens-frac must be in (0, 1]")
+            raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
         for name in ("non_reasoning_fraction", "final_arithmetic_fraction"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--r1-{name.replace('_', '-')} must be in [0, 1)")
+                raise ValueError(f"R1Config.{name} must be in [0, 1)")
 
 
 @dataclass
@@ -105,22 +105,22 @@ class TrainConfig:
                     "log_every", "checkpoint_every", "pretrain_unique_tokens"]
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ["rl_steps", "eval_problems", "pretrain_warmup"]:
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.pretrain_lr > 0 and math.isfinite(self.pretrain_lr)):
-            raise ValueError("--pretrain-lr must be a positive number")
+            raise ValueError("TrainConfig.pretrain_lr must be a positive number")
         if self.eval_temperature < 0 or not 0 < self.eval_top_p <= 1:
-            raise ValueError("need --eval-temperature >= 0 and 0 < --eval-top-p <= 1")
+            raise ValueError("need TrainConfig.eval_temperature >= 0 and 0 < TrainConfig.eval_top_p <= 1")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"--device must be auto, cpu or cuda[:N], got {self.device}")
+            raise ValueError(f"TrainConfig.device must be auto, cpu or cuda[:N], got {self.device}")
         if self.recipe not in ("r1-zero", "r1"):
-            raise ValueError(f"--recipe must be r1-zero or r1, got {self.recipe}")
+            raise ValueError(f"TrainConfig.recipe must be r1-zero or r1, got {self.recipe}")
         self.grpo.validate()
         self.corpus.validate()
         self.r1.validate()
         # under torchrun: refused on every rank alike, before any rank waits for the others
         distributed.check_backend(self.dist_backend, self.device)
-        distributed.per_rank(self.pretrain_batch_size, "--pretrain-batch-size")
-        distributed.per_rank(self.rl_prompts_per_step, "--rl-prompts-per-step")
+        distributed.per_rank(self.pretrain_batch_size, "TrainConfig.pretrain_batch_size")
+        distributed.per_rank(self.rl_prompts_per_step, "TrainConfig.rl_prompts_per_step")

@@ -317,11 +317,11 @@ class CorpusConfig:
         for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",
                      "p_second_language_other"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"--corpus-{name.replace('_', '-')} must be a probability in [0, 1]")
+                raise ValueError(f"CorpusConfig.{name} must be a probability in [0, 1]")
         if self.p_try + self.p_reflect > 1:
-            raise ValueError("--corpus-p-try + --corpus-p-reflect must be <= 1 (the rest are guesses)")
+            raise ValueError("CorpusConfig.p_try + CorpusConfig.p_reflect must be <= 1 (the rest are guesses)")
         if self.max_attempts < 1:
-            raise ValueError("--corpus-max-attempts must be >= 1")
+            raise ValueError("CorpusConfig.max_attempts must be >= 1")
 
 
 def _candidate(rng, problem, correct):

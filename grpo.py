@@ -218,24 +218,24 @@ class GRPOConfig:
 
     def validate(self):
         if self.group_size < 2:
-            raise ValueError("--rl-group-size must be >= 2: advantages compare samples within a group")
+            raise ValueError("GRPOConfig.group_size must be >= 2: advantages compare samples within a group")
         for name in ("max_new_tokens", "epochs", "minibatches", "rollout_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--rl-{name.replace('_', '-')} must be >= 1")
+                raise ValueError(f"GRPOConfig.{name} must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError("--rl-lr must be a positive number")
+            raise ValueError("GRPOConfig.lr must be a positive number")
         if self.temperature <= 0:
-            raise ValueError("--rl-temperature must be > 0 (GRPO needs diverse samples)")
+            raise ValueError("GRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
         if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):
-            raise ValueError("need 0 <= --rl-clip-eps-low < 1 and --rl-clip-eps-high >= 0")
+            raise ValueError("need 0 <= GRPOConfig.clip_eps_low < 1 and GRPOConfig.clip_eps_high >= 0")
         if self.kl_beta < 0:
-            raise ValueError("--rl-kl-beta must be >= 0")
+            raise ValueError("GRPOConfig.kl_beta must be >= 0")
         if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
-            raise ValueError("--rl-language-weight must be a number >= 0")
+            raise ValueError("GRPOConfig.language_weight must be a number >= 0")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"--rl-loss-agg-mode must be one of {LOSS_AGG_MODES}")
+            raise ValueError(f"GRPOConfig.loss_agg_mode must be one of {LOSS_AGG_MODES}")
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
-            raise ValueError("need 0 <= --rl-overlong-buffer < --rl-max-new-tokens")
+            raise ValueError("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens")
 
 
 def pack_sequences(prompts, completions, pad_id, widths=None):
@@ -395,7 +395,7 @@ class GRPOTrainer:
                                         advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
                                         cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens, n_total=n_total)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower --rl-lr")
+                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
                 self.opt.zero_grad(set_to_none=True)
                 # This rank's loss is its share of the global minibatch's; DDP averages gradients over the W
                 # ranks, so W x the share gives the gradient of the global loss.

@@ -55,7 +55,7 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
             logits = train_model(batch[:, :-1])
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower --pretrain-lr")
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower TrainConfig.pretrain_lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -38,7 +38,7 @@ def coldstart_examples(cfg: TrainConfig):
             examples.append(example_from_text(data.make_prompt(row["question"]), response))
     if not examples:
         raise ValueError(f"no valid cold-start example: none of {written} reflect-style answers ended correct "
-                         f"(--corpus-p-correct {cfg.corpus.p_correct}, --corpus-max-attempts "
+                         f"(CorpusConfig.p_correct {cfg.corpus.p_correct}, CorpusConfig.max_attempts "
                          f"{cfg.corpus.max_attempts})")
     return examples
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shlex
 import sys
 import time
@@ -106,8 +107,19 @@ def parse_args(argv=None) -> TrainConfig:
         cfg = TrainConfig(**args, **sub_configs)
         cfg.validate()
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(flag_names(str(err)))
     return cfg
+
+
+def flag_names(message):
+    """The modules below name config fields in their messages ("GRPOConfig.group_size must be >= 2"); the command
+    line's user reads them as flags ("--rl-group-size must be >= 2")."""
+    prefixes = {config_class.__name__: prefix for config_class, prefix in [(TrainConfig, ""), *NESTED.values()]}
+
+    def flag(match):
+        config_name, field_name = match.groups()
+        return "--" + (prefixes[config_name] + field_name).replace("_", "-") if config_name in prefixes else match[0]
+    return re.sub(r"\b(\w+Config)\.(\w+)", flag, message)
 
 
 # -----------------------------------------------------------------------------
@@ -216,4 +228,9 @@ def main(cfg: TrainConfig):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except FloatingPointError as err:  # a diverged loss, with a hint that names a field ("lower GRPOConfig.lr")
+        raise SystemExit(f"FloatingPointError: {flag_names(str(err))}") from None
+    except SystemExit as err:  # a stage's message for the user ("coldstart SFT: ... (CorpusConfig.p_correct 0)")
+        raise SystemExit(flag_names(err.code) if isinstance(err.code, str) else err.code) from None

@@ -166,5 +166,5 @@ def test_second_language_reasoning():
     assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and "Versuche" in doc
     for name in ("p_second_language_reflect", "p_second_language_other"):
         for bad in (-0.1, 1.5):
-            with pytest.raises(ValueError, match=name.replace("_", "-")):
+            with pytest.raises(ValueError, match=f"CorpusConfig.{name} must be a probability"):
                 data.CorpusConfig(**{name: bad}).validate()

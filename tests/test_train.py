@@ -61,6 +61,22 @@ def test_every_flag_has_help_from_its_field_comment(capsys):
     assert "--pretrain-steps PRETRAIN_STEPS optimizer steps of pretraining (default: 2000; cpu setup: 1000)" in flat
 
 
+def test_errors_name_fields_below_train_and_flags_on_its_command_line(capsys):
+    with pytest.raises(ValueError, match=r"^GRPOConfig.group_size must be >= 2"):
+        train.GRPOConfig(group_size=1).validate()
+    with pytest.raises(ValueError, match=r"^TrainConfig.pretrain_lr must be a positive number"):
+        train.TrainConfig(pretrain_lr=-1).validate()
+    for args, message in ((["--rl-group-size", "1"], "--rl-group-size must be >= 2"),
+                          (["--corpus-max-attempts", "0"], "--corpus-max-attempts must be >= 1"),
+                          (["--r1-rsft-lr", "0"], "--r1-rsft-lr must be a positive number"),
+                          (["--pretrain-lr", "-1"], "--pretrain-lr must be a positive number")):
+        with pytest.raises(SystemExit):
+            train.parse_args(args)
+        assert message in capsys.readouterr().err
+    assert train.flag_names("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens (SFTConfig.lr)") == (
+        "need 0 <= --rl-overlong-buffer < --rl-max-new-tokens (SFTConfig.lr)")
+
+
 def test_setup_auto_picks_cpu_without_gpu_and_explicit_flags_win(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = train.parse_args([])
