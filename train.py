@@ -72,6 +72,7 @@ def choose_setup(setup, device):
 
 # the nested configs' fields get a prefix: --rl-lr sets grpo.lr, --corpus-p-reflect sets corpus.p_reflect
 NESTED = {"grpo": (GRPOConfig, "rl_"), "corpus": (data.CorpusConfig, "corpus_"), "r1": (R1Config, "r1_")}
+FLAG_PREFIXES = {TrainConfig: "", **dict(NESTED.values())}  # every config whose fields are flags
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -87,7 +88,7 @@ def parse_args(argv=None) -> TrainConfig:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
                             help=help.replace("%", "%%"), **kind)  # argparse formats help with %
 
-    for config_class, prefix in [(TrainConfig, ""), *NESTED.values()]:
+    for config_class, prefix in FLAG_PREFIXES.items():
         comments = field_help(config_class)
         for f in fields(config_class):
             if f.name not in NESTED or config_class is not TrainConfig:
@@ -114,7 +115,7 @@ def parse_args(argv=None) -> TrainConfig:
 def flag_names(message):
     """The modules below name config fields in their messages ("GRPOConfig.group_size must be >= 2"); the command
     line's user reads them as flags ("--rl-group-size must be >= 2")."""
-    prefixes = {config_class.__name__: prefix for config_class, prefix in [(TrainConfig, ""), *NESTED.values()]}
+    prefixes = {config_class.__name__: prefix for config_class, prefix in FLAG_PREFIXES.items()}
 
     def flag(match):
         config_name, field_name = match.groups()
