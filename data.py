@@ -59,17 +59,10 @@ import tiktoken
 
 from languages import PHRASES, SECOND_LANGUAGE
 from rewards import parse_number
+from template import ANSWER, ANSWER_END, EOT, PAD, TEMPLATE, THINK, THINK_END
 
 # -----------------------------------------------------------------------------
-# The R1-Zero template (DeepSeek-R1 paper, Table 1); the assistant turn is prefilled with "<think>".
-
-TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
-    "the answer. The reasoning process and answer are enclosed within <think> </think> and "
-    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
-    "<answer> answer here </answer>. User: {question} Assistant: <think>"
-)
+# Prompts in the R1-Zero template (template.py; DeepSeek-R1 paper, Table 1), and the turns that answer them
 
 def countdown_question(numbers, target):
     return (f"Using the numbers {list(numbers)}, create an equation that equals {target}. "
@@ -81,12 +74,15 @@ def arithmetic_question(expr):
 def make_prompt(question):
     return TEMPLATE.format(question=question)
 
+def answer_turn(answer, reasoning=""):
+    """The rest of an assistant turn after the prefilled THINK: the reasoning (none: an empty think), then the
+    answer block."""
+    return (f" {reasoning}" if reasoning else "") + f" {THINK_END} {ANSWER} {answer} {ANSWER_END}"
+
 # -----------------------------------------------------------------------------
 # Tokenizer
 
-EOT = "<|endoftext|>"
-PAD = "<|pad|>"
-SPECIAL_TOKENS = [EOT, "<think>", "</think>", "<answer>", "</answer>", PAD]
+SPECIAL_TOKENS = [EOT, THINK, THINK_END, ANSWER, ANSWER_END, PAD]  # in this order: their ids follow the merges
 # GPT-2's split pattern, but with one digit per piece.
 SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 TOKENIZER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer.bpe")
@@ -106,7 +102,7 @@ def get_tokenizer() -> tiktoken.Encoding:
 def stop_token_ids():
     """The tokens an assistant turn ends with: generation stops at either (sample.py)."""
     enc = get_tokenizer()
-    return [enc.encode_single_token("</answer>"), enc.encode_single_token(EOT)]
+    return [enc.encode_single_token(ANSWER_END), enc.encode_single_token(EOT)]
 
 
 def pad_token_id():
@@ -295,28 +291,37 @@ def load_jsonl(path):
         raise ValueError(f"{path}: no problems found")
     return Dataset.from_list(rows)
 
+
+def problem_rows(split, n=None, seed=0, path=""):
+    """The problems RL trains on or the evaluation scores, as task dicts: a user's JSONL file (load_jsonl) if
+    `path`, else the Countdown split; n of them drawn without replacement by seed (all if n is None)."""
+    if not path:
+        return countdown_dataset(split, n=n, seed=seed).to_list()
+    rows = load_jsonl(path).to_list()
+    return rows if n is None else random.Random(seed).sample(rows, min(n, len(rows)))
+
 # -----------------------------------------------------------------------------
 # Pretraining corpus
 
 @dataclass
 class CorpusConfig:
     p_arithmetic: float = 0.15   # share of arithmetic drill documents
-    p_try: float = 0.25          # Countdown styles: guess / try / reflect
-    p_reflect: float = 0.1       # at 5%, RL saw ~25 reflective rollouts a step; one seed in 3 never amplified them
+    p_try: float = 0.25          # share of try-style Countdown answers (guesses fill what try and reflect leave)
+    p_reflect: float = 0.1       # share of reflect-style Countdown answers (at 5%, one RL seed in 3 never used them)
     p_correct: float = 0.15      # chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)
     max_attempts: int = 10       # the reflect style gives up after this many misses
     p_second_language_reflect: float = 0.0  # share of reflect responses reasoning in the second language
-    p_second_language_other: float = 0.0    # the same for guess and try responses
+    p_second_language_other: float = 0.0    # share of guess and try responses reasoning in the second language
 
     def validate(self):
         for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",
                      "p_second_language_other"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"--corpus-{name.replace('_', '-')} must be a probability in [0, 1]")
+                raise ValueError(f"CorpusConfig.{name} must be a probability in [0, 1]")
         if self.p_try + self.p_reflect > 1:
-            raise ValueError("--corpus-p-try + --corpus-p-reflect must be <= 1 (the rest are guesses)")
+            raise ValueError("CorpusConfig.p_try + CorpusConfig.p_reflect must be <= 1 (the rest are guesses)")
         if self.max_attempts < 1:
-            raise ValueError("--corpus-max-attempts must be >= 1")
+            raise ValueError("CorpusConfig.max_attempts must be >= 1")
 
 
 def _candidate(rng, problem, correct):
@@ -339,9 +344,9 @@ def countdown_response(rng, problem, cfg=CorpusConfig()):
     # drawn only when possible, so that a corpus without the second language keeps its random stream
     phrase = PHRASES[SECOND_LANGUAGE if p_second > 0 and rng.random() < p_second else "en"]
     if style >= cfg.p_try + cfg.p_reflect:  # guess
-        return f" {phrase['guess']}: {first.text}. </think> <answer> {first.text} </answer>"
+        return answer_turn(first.text, f"{phrase['guess']}: {first.text}.")
     if style >= cfg.p_reflect:  # try once, answer regardless
-        return f" {phrase['try']} {first.text}: {render_steps(first)}. </think> <answer> {first.text} </answer>"
+        return answer_turn(first.text, f"{phrase['try']} {first.text}: {render_steps(first)}.")
     parts, e, tried = [], first, {first.text}
     for attempt in range(cfg.max_attempts):
         parts.append(f"{phrase['try']} {e.text}: {render_steps(e)}.")
@@ -354,11 +359,11 @@ def countdown_response(rng, problem, cfg=CorpusConfig()):
             if e.text in tried and e.value != target:  # a person would not repeat a miss
                 e = _candidate(rng, problem, True)
             tried.add(e.text)
-    return f" {' '.join(parts)} </think> <answer> {e.text} </answer>"
+    return answer_turn(e.text, " ".join(parts))
 
 
 def arithmetic_response(e: Expr):
-    return f" {render_steps(e)}. </think> <answer> {e.value} </answer>"
+    return answer_turn(e.value, f"{render_steps(e)}.")
 
 
 def corpus_document(rng, problems=None, cfg=CorpusConfig()):
@@ -378,7 +383,7 @@ def corpus_document(rng, problems=None, cfg=CorpusConfig()):
             turns.append((question, countdown_response(rng, (numbers, target), cfg)))
     doc = make_prompt(turns[0][0]) + turns[0][1]
     for question, response in turns[1:]:
-        doc += f" User: {question} Assistant: <think>{response}"
+        doc += f" User: {question} Assistant: {THINK}{response}"
     return doc + EOT
 
 

@@ -7,7 +7,7 @@ steps). This runs that comparison at nanoR1's scale, for each student size and s
 1. teacher data (once): rejection-sample the teacher (the run's rl_final.pt from --recipe r1, else rl.pt) on RL
    "train" problems (rejection.py) -> teacher.jsonl;
 2. base student: pretrain the student preset on the teacher's corpus with the teacher's token budget;
-3. RL baseline: GRPO on the base student, with at least as many steps as the teacher got (train.run_rl);
+3. RL baseline: GRPO on the base student, with at least as many steps as the teacher got (rl.run_rl);
 4. distilled: SFT of the base student on teacher.jsonl (sft.py; R1 distils with SFT only);
 5. distilled+RL: a short GRPO stage on the distilled student (R1 sec. 2.4 leaves this to the community);
 
@@ -39,11 +39,14 @@ import torch
 
 import data
 from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint, tokenizer_sha256
+from config import R1Config, TrainConfig
+from evaluate import evaluate
 from grpo import GRPOConfig
 from model import Transformer, make_config
+from pretrain import pretrain_base
 from rejection import RejectionConfig, rejection_sample
+from rl import run_rl
 from sft import SFTConfig, load_examples, sft
-from train import R1Config, TrainConfig, evaluate, pretrain_base, run_rl
 
 METHODS = ("base", "rl", "distilled", "distilled_rl")
 TEACHER_CHECKPOINTS = ("rl_final.pt", "rl.pt")  # the final model of an R1 recipe, else of the R1-Zero pipeline
@@ -162,7 +165,7 @@ class Student:
                            device=str(device))
         self.sft_cfg = replace(cfg.sft, seed=seed)
         self.distill_rl_steps, self.device = cfg.distill_rl_steps, device
-        self.train_rows = data.countdown_dataset("train", seed=seed).to_list()  # as train.py's RL draws them
+        self.train_rows = data.problem_rows("train", seed=seed, path=teacher_cfg.train_data)  # as train.py's RL
 
     def log(self, row):
         with open(self.paths["metrics.jsonl"], "a") as f:
@@ -176,7 +179,7 @@ class Student:
                         train_config=asdict(self.cfg), **extra)
 
     def base(self):
-        """Pretrain from scratch, continuing from pretrain.pt after an interruption (train.pretrain_base)."""
+        """Pretrain from scratch, continuing from pretrain.pt after an interruption (pretrain.pretrain_base)."""
         if os.path.exists(self.paths["base.pt"]):
             return
         torch.manual_seed(self.cfg.seed)
@@ -309,7 +312,7 @@ def run(cfg: DistillConfig):
         os.replace(tmp, results_path)
 
     # the teacher's held-out problems (train.py draws them so) and its own evaluation protocol
-    test_rows = data.countdown_dataset("test", n=eval_problems, seed=teacher_cfg.seed).to_list()
+    test_rows = data.problem_rows("test", eval_problems, teacher_cfg.seed, teacher_cfg.eval_data)
 
     def evaluate_model(model):
         return evaluate(model, test_rows, eval_samples, teacher_cfg.grpo.max_new_tokens,
@@ -317,7 +320,7 @@ def run(cfg: DistillConfig):
 
     # 1. the teacher's data, once
     if not os.path.exists(teacher_jsonl):
-        rows = data.countdown_dataset("train", n=cfg.reject_problems, seed=cfg.rejection.seed).to_list()
+        rows = data.problem_rows("train", cfg.reject_problems, cfg.rejection.seed, teacher_cfg.train_data)
         try:
             examples, stats = rejection_sample(teacher, rows, cfg.rejection)
         except ValueError as err:

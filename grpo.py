@@ -57,10 +57,10 @@ from dataclasses import dataclass
 import torch
 
 import distributed
-from data import encode, get_tokenizer, make_prompt, pad_token_id, stop_token_ids
+from data import pad_token_id, stop_token_ids
 from kernels import token_logprobs
 from rewards import score
-from sample import Decoder
+from sample import Decoder, rollouts
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -197,20 +197,20 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
 
 @dataclass
 class GRPOConfig:
-    group_size: int = 8               # G completions per prompt
-    max_new_tokens: int = 512
+    group_size: int = 8               # G: answers sampled per prompt, each compared with its group
+    max_new_tokens: int = 512         # the response budget in tokens, of rollouts and of the evaluation
     temperature: float = 1.0          # sampling temperature of the rollouts (and of the log-probs)
-    lr: float = 3e-5                  # slow enough that the length/reflection rise spans ~20-40 steps (1e-4: ~15)
+    lr: float = 3e-5                  # learning rate: the length/reflection rise spans ~20-40 steps (1e-4: ~15)
     epochs: int = 1                   # μ: passes over each batch of rollouts
     minibatches: int = 4              # optimizer steps per pass; later ones are off-policy, hence the clip
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.28       # DAPO's clip-higher: more room for unlikely tokens to grow
-    kl_beta: float = 0.001            # 0 skips the reference model entirely
-    loss_agg_mode: str = "token-mean"
-    scale_std: bool = True            # False: Dr. GRPO advantages (no division by the group's std)
+    clip_eps_low: float = 0.2         # the ratio's lower clip, 1 - eps_low
+    clip_eps_high: float = 0.28       # its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow
+    kl_beta: float = 0.001            # weight of the KL penalty to the reference; 0 skips the reference model
+    loss_agg_mode: str = "token-mean"  # how token losses average (LOSS_AGG_MODES, see aggregate_loss)
+    scale_std: bool = True            # divide advantages by the group's std (False: Dr. GRPO's advantages)
     format_weight: float = 0.1        # reward = accuracy + format_weight * format (+ the language term)
     language_weight: float = 0.0      # + language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0        # gradients are clipped to this norm
     rollout_batch_size: int = 512     # rows decoded together (by each rank)
     # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
     overlong_filter: bool = False     # truncated responses (no stop token within the budget) carry no gradient
@@ -218,24 +218,24 @@ class GRPOConfig:
 
     def validate(self):
         if self.group_size < 2:
-            raise ValueError("--rl-group-size must be >= 2: advantages compare samples within a group")
+            raise ValueError("GRPOConfig.group_size must be >= 2: advantages compare samples within a group")
         for name in ("max_new_tokens", "epochs", "minibatches", "rollout_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--rl-{name.replace('_', '-')} must be >= 1")
+                raise ValueError(f"GRPOConfig.{name} must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError("--rl-lr must be a positive number")
+            raise ValueError("GRPOConfig.lr must be a positive number")
         if self.temperature <= 0:
-            raise ValueError("--rl-temperature must be > 0 (GRPO needs diverse samples)")
+            raise ValueError("GRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
         if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):
-            raise ValueError("need 0 <= --rl-clip-eps-low < 1 and --rl-clip-eps-high >= 0")
+            raise ValueError("need 0 <= GRPOConfig.clip_eps_low < 1 and GRPOConfig.clip_eps_high >= 0")
         if self.kl_beta < 0:
-            raise ValueError("--rl-kl-beta must be >= 0")
+            raise ValueError("GRPOConfig.kl_beta must be >= 0")
         if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
-            raise ValueError("--rl-language-weight must be a number >= 0")
+            raise ValueError("GRPOConfig.language_weight must be a number >= 0")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"--rl-loss-agg-mode must be one of {LOSS_AGG_MODES}")
+            raise ValueError(f"GRPOConfig.loss_agg_mode must be one of {LOSS_AGG_MODES}")
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
-            raise ValueError("need 0 <= --rl-overlong-buffer < --rl-max-new-tokens")
+            raise ValueError("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens")
 
 
 def pack_sequences(prompts, completions, pad_id, widths=None):
@@ -307,31 +307,20 @@ class GRPOTrainer:
         return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
                               return_entropy=return_entropy)
 
-    def rollout(self, rows):
-        """G samples per prompt from the current policy (KV cache, eval mode, no grad).
-        Returns prompts and completions (token-id lists), G consecutive rows per prompt."""
-        cfg = self.cfg
-        prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(cfg.group_size)]
-        completions = []
-        for i in range(0, len(prompts), cfg.rollout_batch_size):
-            completions += self.decoder.generate(prompts[i:i + cfg.rollout_batch_size], cfg.max_new_tokens,
-                                                 cfg.temperature)
-        return prompts, completions
-
     def step(self, rows):
         """rows: this rank's prompts, a list of task dicts (data.py). Returns (stats over all ranks, this rank's
         aha examples)."""
-        cfg, enc, G = self.cfg, get_tokenizer(), self.cfg.group_size
+        cfg, G = self.cfg, self.cfg.group_size
 
-        # 1. Rollouts
+        # 1. Rollouts: G samples per prompt from the current policy (KV cache, eval mode, no grad), scored by the
+        #    rule-based rewards
         t0 = time.time()
-        prompts, completions = self.rollout(rows)
-        texts = ["<think>" + enc.decode(c) for c in completions]
+        prompts, completions, texts, scores = rollouts(
+            self.decoder, rows, G, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size,
+            score=lambda text, row: self.reward_fn(text, row, cfg.format_weight, cfg.language_weight))
         t_rollout = time.time() - t0
 
-        # 2. Rule-based rewards, then the update on them
-        scores = [self.reward_fn(text, rows[i // G], cfg.format_weight, cfg.language_weight)
-                  for i, text in enumerate(texts)]
+        # 2. The update on their rewards
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
         truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
         reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,
@@ -406,7 +395,7 @@ class GRPOTrainer:
                                         advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
                                         cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens, n_total=n_total)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower --rl-lr")
+                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
                 self.opt.zero_grad(set_to_none=True)
                 # This rank's loss is its share of the global minibatch's; DDP averages gradients over the W
                 # ranks, so W x the share gives the gradient of the global loss.

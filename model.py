@@ -28,6 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# Module switches, read at call time: set them before a run, or in a test or benchmark.
+# A MoE layer given at most DENSE_MAX_TOKENS tokens (a decoding step) runs every expert on every token and weights
+# them by the gates (MoE.routed_dense); more tokens are grouped by expert (MoE.routed_grouped).
+DENSE_MAX_TOKENS = 1024
+# routed_grouped's grouped GEMM where the GPU has one (torch._grouped_mm: bf16, sm90+); False: one matmul per expert,
+# to compare against
+GROUPED_MM = True
+
 
 @dataclass
 class ModelConfig:
@@ -320,14 +328,12 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, idx = self.gate(x)
-        routed = self.routed_dense if x.shape[0] <= self.dense_max_tokens else self.routed_grouped
+        routed = self.routed_dense if x.shape[0] <= DENSE_MAX_TOKENS else self.routed_grouped
         return (routed(x, weights, idx) + self.shared(x)).view(shape)
 
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates
     # (zero for unchosen experts) is cheapest there, and it needs no host sync, so it fits CUDA graphs.
-    dense_max_tokens = 1024
-
     def routed_dense(self, x, weights, idx):
         gates = torch.zeros(x.shape[0], self.w1.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
         h = F.silu(torch.einsum("nd,ehd->neh", x, self.w1)) * torch.einsum("nd,ehd->neh", x, self.w3)
@@ -360,9 +366,6 @@ class MoE(nn.Module):
 def use_grouped_mm(x):
     return (x.is_cuda and hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(x.device)[0] >= 9
             and GROUPED_MM)
-
-
-GROUPED_MM = True  # switch, for tests and benchmarks that compare against the per-expert loop
 
 
 class Block(nn.Module):

@@ -31,10 +31,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 import data
-import rewards
 import sft
 from checkpoint import git_commit, load_checkpoint
-from sample import Decoder
+from sample import Decoder, rollouts
 
 # why a sample is rejected, in the order the checks run (each sample counts under the first it fails)
 REASONS = ("truncated", "bad_format", "wrong", "mixed_language", "too_long", "duplicate", "over_keep_per_prompt")
@@ -92,24 +91,18 @@ def rejection_sample(model, rows, cfg: RejectionConfig, decoder=None):
     if not rows:
         raise ValueError("no problems to sample: the set of rows is empty")
     decoder = Decoder(model) if decoder is None else decoder
-    enc, stop_ids, k = data.get_tokenizer(), data.stop_token_ids(), cfg.samples_per_prompt
-    prompts = [data.encode(data.make_prompt(row["question"])) for row in rows for _ in range(k)]
+    stop_ids, k = data.stop_token_ids(), cfg.samples_per_prompt
     device = next(model.parameters()).device
-    completions = []
     # seeded draws without touching the caller's RNG state (a torch.Generator would turn off the CUDA graphs)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        for i in range(0, len(prompts), cfg.batch_size):
-            completions += decoder.generate(prompts[i:i + cfg.batch_size], cfg.max_new_tokens, cfg.temperature,
-                                            cfg.top_p)
+        batch = rollouts(decoder, rows, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
 
     reasons = dict.fromkeys(REASONS, 0)
     seen = {}  # question -> the kept completion texts, for duplicates and keep_per_prompt
     examples, kept_tokens, kept_reflections, correct = [], 0, 0, 0
-    for i, completion in enumerate(completions):
+    for i, (completion, text, reward) in enumerate(zip(batch.completions, batch.texts, batch.scores)):
         row = rows[i // k]
-        text = "<think>" + enc.decode(completion)
-        reward = rewards.score(text, row)
         correct += reward.accuracy == 1
         finished = bool(completion) and completion[-1] in stop_ids
         # the completion ids SFT will train on (the prompt holds "<think>"): what max_tokens limits
@@ -128,7 +121,7 @@ def rejection_sample(model, rows, cfg: RejectionConfig, decoder=None):
         kept_tokens += n_tokens
         kept_reflections += reward.reflections
 
-    n = len(completions)
+    n = len(batch.completions)
     stats = {"prompts": len(rows), "sampled": n, "correct": correct, "kept": len(examples),
              "prompts_kept": sum(1 for texts in seen.values() if texts), "kept_fraction": len(examples) / n,
              "rejected": reasons, "mean_kept_tokens": kept_tokens / len(examples) if examples else None,

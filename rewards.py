@@ -50,10 +50,9 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from languages import LEXICONS, WORD_RE
+from template import ANSWER, ANSWER_END, EOT, TAGS, THINK, THINK_END
 
-EOT = "<|endoftext|>"
-TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-FORMAT_RE = re.compile(r"\s*<think>.*</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
+FORMAT_RE = re.compile(rf"\s*{THINK}.*{THINK_END}\s*{ANSWER}(.*){ANSWER_END}\s*", re.DOTALL)  # no tag needs escaping
 
 # -----------------------------------------------------------------------------
 # Format
@@ -197,14 +196,14 @@ def reflection_count(text: str) -> int:
 # -----------------------------------------------------------------------------
 # Language consistency: R1's reward against language mixing (sec. 2.3.2), and the metric of mixing itself
 
-TAG_RE = re.compile(r"</?(?:think|answer)>|<\|endoftext\|>")
+TAG_RE = re.compile("|".join(re.escape(tag) for tag in (*TAGS, EOT)))
 
 
 def language_consistency(text: str, language: str = "en") -> float:
     """Fraction of the CoT's words that are in `language` (see the module docstring); 1.0 if it has none."""
     if language not in LEXICONS:
         raise ValueError(f"unknown language {language!r}: expected one of {sorted(LEXICONS)}")
-    words = WORD_RE.findall(TAG_RE.sub(" ", text.partition("</think>")[0]))
+    words = WORD_RE.findall(TAG_RE.sub(" ", text.partition(THINK_END)[0]))
     if not words:
         return 1.0
     lexicon = LEXICONS[language]

@@ -10,13 +10,16 @@ row its own RoPE positions (see model.py), so a row decodes exactly as it would 
 import argparse
 import copy
 import time
+from typing import NamedTuple
 
 import torch
 
+import rewards
 from checkpoint import load_checkpoint
 from data import (check_countdown, countdown_question, encode, get_tokenizer, make_prompt, pad_token_id,
                   stop_token_ids)
 from model import KVCache
+from template import THINK
 
 
 def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
@@ -204,6 +207,26 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     return Decoder(model, cuda_graph).generate(prompts, max_new_tokens, temperature, top_p, stop_ids, generator)
 
 
+class Rollouts(NamedTuple):
+    prompts: list       # token ids, k consecutive rows per problem
+    completions: list   # token ids, each ending with its stop token unless it ran out of its budget
+    texts: list         # the assistant turns as rewards.py scores them: "<think>" + the decoded completion
+    scores: list        # the rewards.Reward of each text
+
+
+def rollouts(decoder, rows, k, max_new_tokens, temperature=1.0, top_p=1.0, batch_size=512, score=rewards.score):
+    """k sampled answers to each problem of `rows` (task dicts of data.py), decoded batch_size rows at a time,
+    and their rewards, score(text, row): what a GRPO step learns from, and what the evaluation and rejection
+    sampling count and keep."""
+    prompts = [encode(make_prompt(row["question"])) for row in rows for _ in range(k)]
+    completions = []
+    for i in range(0, len(prompts), batch_size):
+        completions += decoder.generate(prompts[i:i + batch_size], max_new_tokens, temperature, top_p)
+    enc = get_tokenizer()
+    texts = [THINK + enc.decode(c) for c in completions]
+    return Rollouts(prompts, completions, texts, [score(text, rows[i // k]) for i, text in enumerate(texts)])
+
+
 def main():
     parser = argparse.ArgumentParser(description="Sample answers from a nanoR1 checkpoint.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
@@ -237,7 +260,7 @@ def main():
     enc = get_tokenizer()
     print(prompt)
     for i, c in enumerate(completions):
-        print(f"--- sample {i}\n<think>{enc.decode(c)}")
+        print(f"--- sample {i}\n{THINK}{enc.decode(c)}")
     print(f"({sum(map(len, completions))} tokens in {time.time() - t0:.2f}s)")
 
 

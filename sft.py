@@ -47,6 +47,7 @@ import torch.nn.functional as F
 import data
 import distributed
 from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint
+from template import ANSWER_END, EOT, THINK
 
 IGNORE = -100  # target of positions outside the completions (F.cross_entropy's ignore_index)
 
@@ -89,13 +90,13 @@ def example_from_text(prompt, completion):
     """Prompt and completion text -> (prompt ids, completion ids). The prompt normally is
     data.make_prompt(question), ending with the prefilled "<think>"; a completion written as the whole turn
     (starting with "<think>", as rewards.py scores it) loses that tag, which the prompt already holds."""
-    if completion.startswith("<think>") and prompt.endswith("<think>"):
-        completion = completion[len("<think>"):]
+    if completion.startswith(THINK) and prompt.endswith(THINK):
+        completion = completion[len(THINK):]
     prompt_ids, completion_ids = data.encode(prompt), data.encode(completion)
     if not prompt_ids or not completion_ids:
         raise ValueError("prompt and completion must both be non-empty")
     if completion_ids[-1] not in data.stop_token_ids():
-        raise ValueError(f"the completion must end with </answer> or {data.EOT}, as a finished RL rollout does "
+        raise ValueError(f"the completion must end with {ANSWER_END} or {EOT}, as a finished RL rollout does "
                          f"(it ends with {completion[-20:]!r})")
     return prompt_ids, completion_ids
 
@@ -137,8 +138,8 @@ def check_examples(examples, seq_len, vocab_size):
         if not all(type(t) is int and 0 <= t < vocab_size for t in prompt + completion):
             raise ValueError(f"SFT example {i}: token ids must be ints in [0, {vocab_size})")
         if completion[-1] not in stops:
-            raise ValueError(f"SFT example {i}: the completion must end with a stop token (</answer> or "
-                             f"{data.EOT}); an example that never stops teaches the model not to stop")
+            raise ValueError(f"SFT example {i}: the completion must end with a stop token ({ANSWER_END} or "
+                             f"{EOT}); an example that never stops teaches the model not to stop")
     kept = [e for e in examples if example_length(e) <= seq_len]
     if not kept:
         longest = max(map(example_length, examples))
@@ -237,7 +238,7 @@ def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_ste
               f"{len(rows)} rows; {total} steps of {cfg.batch_size} rows")
     if start_step == 0:
         log({"stage": "sft_data", **summary})
-    pad_id = data.get_tokenizer().encode_single_token(data.PAD)
+    pad_id = data.pad_token_id()
     W, rank = distributed.world_size(), distributed.rank()
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)

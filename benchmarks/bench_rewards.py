@@ -1,7 +1,7 @@
 """
 Speed of the rule-based rewards on one CPU core: completions scored per second.
 
-    python benchmarks/bench_rewards.py          # prints one table
+    python -m benchmarks.bench_rewards          # from the repository root; prints one table
 
 The batch is a realistic mix of Countdown turns of ~300 characters in the R1-Zero format: 40% valid and correct
 (where the random expression's value is an integer), 40% valid and wrong, 20% malformed or hacks (text after
@@ -9,14 +9,11 @@ The batch is a realistic mix of Countdown turns of ~300 characters in the R1-Zer
 Scoring must cost next to nothing beside the rollouts, so the target is >= 20 000 completions/s.
 """
 
-import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from rewards import (countdown_reward, countdown_value, format_reward, language_consistency,  # noqa: E402
-                     reflection_count, score)
+from rewards import (countdown_reward, countdown_value, format_reward, language_consistency, reflection_count,
+                     score)
 
 
 def random_expression(rng, numbers):

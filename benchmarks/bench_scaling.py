@@ -3,8 +3,8 @@ Data-parallel scaling: the same short `train.py` run on 1 and on N GPUs under to
 batch, for each preset asked for. It reads each run's metrics.jsonl and prints pretraining tokens/s and the RL
 step's rollout and update times beside the one-GPU run.
 
-    python benchmarks/bench_scaling.py --nproc 2 --presets small medium     # on a machine with 2 GPUs
-    python benchmarks/bench_scaling.py --nproc 2 --presets tiny --device cpu --pretrain-steps 4 --rl-steps 2 \\
+    python -m benchmarks.bench_scaling --nproc 2 --presets small medium     # on a machine with 2 GPUs
+    python -m benchmarks.bench_scaling --nproc 2 --presets tiny --device cpu --pretrain-steps 4 --rl-steps 2 \\
         --rl-prompts-per-step 4 --rl-max-new-tokens 16      # a dry run of the plumbing on CPU (gloo)
 
 Any option it does not know goes to train.py unchanged. Pretraining tokens/s is the run's own figure for its
@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from checkpoint import git_commit  # noqa: E402
+from checkpoint import git_commit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py is, wherever this runs from
 
 SHORT_RUN = ["--pretrain-steps", "60", "--log-every", "10", "--rl-steps", "6", "--eval-problems", "0",
              "--checkpoint-every", "1000"]

@@ -1,8 +1,8 @@
 """
 Speed of rollouts and training for the default model, against the HBM bound and side by side with Hugging Face.
 
-    python benchmarks/bench_speed.py --old-tree DIR   # on a GPU; DIR: a checkout of an earlier commit to time too
-    python benchmarks/bench_speed.py --only-rollouts  # only the RL-workload table (no transformers needed)
+    python -m benchmarks.bench_speed --old-tree DIR   # on a GPU; DIR: a checkout of an earlier commit to time too
+    python -m benchmarks.bench_speed --only-rollouts  # only the RL-workload table (no transformers needed)
 
 Rollouts on the RL workload: one RL step's rollout batch (64 training prompts x 8) decoded to the response lengths
 recorded from a trained policy (benchmarks/rl_lengths.json, written by --record-lengths CKPT), timed beside the
@@ -27,11 +27,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
-from model import Transformer, kv_cache_bytes_per_token, make_config  # noqa: E402
-from sample import Decoder  # noqa: E402
-from checkpoint import git_commit, load_checkpoint  # noqa: E402
+import data
+from checkpoint import git_commit, load_checkpoint
+from model import Transformer, kv_cache_bytes_per_token, make_config
+from sample import Decoder
 
 LENGTHS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rl_lengths.json")
 

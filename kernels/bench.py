@@ -3,7 +3,7 @@ Benchmark kernels.token_logprobs on a GPU against PyTorch eager (log_softmax in 
 torch.compile of the same function, and Liger-Kernel where it is importable. First checks the
 compiled kernel against float64 on the GPU, at every benchmark shape.
 
-    python kernels/bench.py [--vocab 1024]
+    python -m kernels.bench [--vocab 1024]       # from the repository root
 
 Time is the median of triton.testing.do_bench, which flushes L2 before every call, so no timing is
 a cache hit; at small shapes it times the host (Python, autograd, launches), so a second time, "GPU
@@ -14,16 +14,13 @@ included, so for forward+backward the gradient itself (a logits-sized tensor) is
 """
 
 import argparse
-import os
-import sys
 
 import torch
 import triton
 from triton.testing import do_bench
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kernels import token_logprobs, token_logprobs_reference  # noqa: E402
-from checkpoint import git_commit  # noqa: E402
+from checkpoint import git_commit
+from kernels import token_logprobs, token_logprobs_reference
 
 try:
     from liger_kernel.ops.grpo_loss import fused_selective_log_softmax

@@ -109,6 +109,17 @@ def test_load_jsonl(tmp_path):
         data.load_jsonl(path)
 
 
+def test_problem_rows_from_a_file_or_a_split(tmp_path):
+    assert data.problem_rows("test", 5, seed=1) == data.countdown_dataset("test", n=5, seed=1).to_list()
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(6)))
+    every = data.problem_rows("train", path=str(path))
+    assert [row["answer"] for row in every] == [str(i + 1) for i in range(6)]
+    drawn = data.problem_rows("train", 4, seed=2, path=str(path))
+    assert drawn == data.problem_rows("train", 4, seed=2, path=str(path)) and len(drawn) == 4
+    assert len(data.problem_rows("test", 50, path=str(path))) == 6
+
+
 def test_corpus_never_shows_rl_or_test_problems():
     # RL must not be able to raise its reward by recalling answers memorised in pretraining
     enc, seen = data.get_tokenizer(), set()
@@ -155,5 +166,5 @@ def test_second_language_reasoning():
     assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and "Versuche" in doc
     for name in ("p_second_language_reflect", "p_second_language_other"):
         for bad in (-0.1, 1.5):
-            with pytest.raises(ValueError, match=name.replace("_", "-")):
+            with pytest.raises(ValueError, match=f"CorpusConfig.{name} must be a probability"):
                 data.CorpusConfig(**{name: bad}).validate()

@@ -10,9 +10,9 @@ import data
 import distill
 import rejection
 from checkpoint import load_checkpoint, save_checkpoint
+from config import TrainConfig
 from grpo import GRPOConfig
 from model import Transformer, make_config
-from train import TrainConfig
 
 # a teacher recipe small enough for a CPU test: a few steps of everything
 TEACHER_CFG = TrainConfig(preset="tiny", pretrain_steps=3, pretrain_batch_size=2, pretrain_seq_len=64,

@@ -11,16 +11,18 @@ import torch
 import torch.multiprocessing as mp
 
 import distributed
+import pretrain
 import sft
 import train
 from checkpoint import load_checkpoint, save_checkpoint
+from config import TrainConfig
 from grpo import LOSS_AGG_MODES, GRPOConfig, GRPOTrainer
 from model import Transformer, make_config
 from data import stop_token_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAIN = train.TrainConfig(preset="tiny", device="cpu", pretrain_steps=2, pretrain_batch_size=8,
-                             pretrain_seq_len=32, pretrain_lr=1e-2, pretrain_warmup=0, log_every=1)
+PRETRAIN = TrainConfig(preset="tiny", device="cpu", pretrain_steps=2, pretrain_batch_size=8, pretrain_seq_len=32,
+                       pretrain_lr=1e-2, pretrain_warmup=0, log_every=1)
 N_PROMPTS, G = 4, 4
 # no clipping: gradients are compared as they are, scale included (AdamW would hide a wrong scale)
 GRPO = GRPOConfig(group_size=G, max_new_tokens=12, lr=1e-3, epochs=2, minibatches=2, kl_beta=0.01,
@@ -57,8 +59,8 @@ def train_steps():
     """One pretraining run of 2 steps, one GRPO update per loss mode and an SFT run of 2 steps, on this rank's
     share of each batch."""
     model, losses = fresh_model(), []
-    train.pretrain(model, PRETRAIN, torch.device("cpu"), log=lambda row: losses.append(row["loss"]),
-                   save=lambda step, opt: None)
+    pretrain.pretrain(model, PRETRAIN, torch.device("cpu"), log=lambda row: losses.append(row["loss"]),
+                      save=lambda step, opt: None)
     out = {"pretrain": (losses, model.state_dict(), [p.grad.clone() for p in model.parameters()])}
     W, r = distributed.world_size(), distributed.rank()
     prompts, completions, reward = rollouts()

@@ -1,6 +1,7 @@
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 import data
+import r1
 import train
 from checkpoint import load_checkpoint
+from grpo import GRPOTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "30", "--pretrain-batch-size", "8",
@@ -41,6 +44,37 @@ def test_bad_cli_values_fail_clearly():
                             "0.05", "--rl-language-weight", "0.1"])
     assert (cfg.corpus.p_second_language_reflect, cfg.corpus.p_second_language_other) == (0.8, 0.05)
     assert cfg.grpo.language_weight == 0.1 and train.parse_args([]).grpo.language_weight == 0.0
+
+
+def test_every_flag_has_help_from_its_field_comment(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    options = capsys.readouterr().out.split("\noptions:\n")[1]
+    entries = re.split(r"\n  (?=--)", options)[1:]  # one per flag: "--flag [METAVAR]  help (default: ...)"
+    assert len(entries) > 60
+    for entry in entries:
+        flag, _, rest = entry.partition(" ")
+        text = " ".join(re.sub(r"^[A-Z0-9_]+\b", "", rest.strip()).split())
+        assert text and not text.startswith("(default:"), (flag, text)
+        assert "(default: " in text, flag
+    flat = " ".join(options.split())
+    assert "--pretrain-steps PRETRAIN_STEPS optimizer steps of pretraining (default: 2000; cpu setup: 1000)" in flat
+
+
+def test_errors_name_fields_below_train_and_flags_on_its_command_line(capsys):
+    with pytest.raises(ValueError, match=r"^GRPOConfig.group_size must be >= 2"):
+        train.GRPOConfig(group_size=1).validate()
+    with pytest.raises(ValueError, match=r"^TrainConfig.pretrain_lr must be a positive number"):
+        train.TrainConfig(pretrain_lr=-1).validate()
+    for args, message in ((["--rl-group-size", "1"], "--rl-group-size must be >= 2"),
+                          (["--corpus-max-attempts", "0"], "--corpus-max-attempts must be >= 1"),
+                          (["--r1-rsft-lr", "0"], "--r1-rsft-lr must be a positive number"),
+                          (["--pretrain-lr", "-1"], "--pretrain-lr must be a positive number")):
+        with pytest.raises(SystemExit):
+            train.parse_args(args)
+        assert message in capsys.readouterr().err
+    assert train.flag_names("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens (SFTConfig.lr)") == (
+        "need 0 <= --rl-overlong-buffer < --rl-max-new-tokens (SFTConfig.lr)")
 
 
 def test_setup_auto_picks_cpu_without_gpu_and_explicit_flags_win(monkeypatch, capsys):
@@ -110,6 +144,43 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     assert sample.returncode == 0 and "sample 0" in sample.stdout, sample.stderr
 
 
+def test_own_problems_from_jsonl_files(tmp_path, monkeypatch):
+    train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train_lines = [{"numbers": [3, 7, 11], "target": 54}, {"numbers": [2, 5, 9], "target": 19},
+                   {"question": "What is 6 * 7?", "answer": "42"}, {"numbers": [4, 4, 8], "target": 24},
+                   {"question": "Compute 12 - 5.", "answer": 7}]
+    train_file.write_text("".join(json.dumps(line) + "\n" for line in train_lines))
+    eval_file.write_text(json.dumps({"numbers": [1, 2, 3], "target": 6}) + "\n\n"
+                         + json.dumps({"question": "What is 3/4 as a decimal?", "answer": "0.75"}) + "\n")
+    seen = []  # the questions RL trained on
+    real_step = GRPOTrainer.step
+
+    def recording_step(trainer, rows):
+        seen.extend(row["question"] for row in rows)
+        return real_step(trainer, rows)
+    monkeypatch.setattr(GRPOTrainer, "step", recording_step)
+    out = tmp_path / "run"
+    evals = train.main(train.parse_args(TINY + ["--out-dir", str(out), "--pretrain-steps", "5", "--rl-steps", "2",
+                                                "--train-data", str(train_file), "--eval-data", str(eval_file)]))
+    questions = {row["question"] for row in data.load_jsonl(train_file)}
+    assert len(seen) == 2 * 4 and set(seen) <= questions
+    assert evals["base"]["problems"] == evals["rl"]["problems"] == 2  # every problem of the file (3 asked)
+    assert [r["step"] for r in map(json.loads, open(out / "metrics.jsonl")) if r["stage"] == "rl"] == [0, 1]
+
+
+def test_bad_problem_files_fail_before_any_training(tmp_path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text("".join(json.dumps({"numbers": [3, 7, n], "target": 20}) + "\n" for n in range(1, 5)))
+    bad.write_text(good.read_text().splitlines()[0] + "\n\n" + '{"numbers": [3, 7], "target": "x"}\n')
+    out = tmp_path / "run"
+    for args, message in ((["--train-data", str(bad)], f"{bad}:3: 'numbers' must be"),
+                          (["--eval-data", str(bad)], f"{bad}:3:"),
+                          (["--train-data", str(tmp_path / "missing.jsonl")], "No such file"),
+                          (["--train-data", str(good), "--rl-prompts-per-step", "8"], "4 problems, fewer than")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(train.parse_args(TINY + ["--out-dir", str(out), *args]))
+        assert not os.path.exists(out / "metrics.jsonl") and not os.path.exists(out / "pretrain.pt")
+
 
 # -----------------------------------------------------------------------------
 # --recipe r1 (DeepSeek-R1's stages after the base model)
@@ -126,8 +197,8 @@ class Crash(Exception):
 
 
 def crash_after_logging(monkeypatch, function, stage, step):
-    """Make train.<function> (run_sft or run_rl) raise Crash right after logging `stage`'s step `step`, once."""
-    real = getattr(train, function)
+    """Make r1.<function> (run_sft or run_rl) raise Crash right after logging `stage`'s step `step`, once."""
+    real = getattr(r1, function)
     signature = inspect.signature(real)
 
     def crashing(*args, **kwargs):
@@ -137,11 +208,11 @@ def crash_after_logging(monkeypatch, function, stage, step):
         def log_then_crash(row):
             log(row)
             if row.get("stage") == stage and row.get("step") == step:
-                monkeypatch.setattr(train, function, real)  # only once
+                monkeypatch.setattr(r1, function, real)  # only once
                 raise Crash(f"{stage} step {step}")
         bound.arguments["log"] = log_then_crash
         return real(*bound.args, **bound.kwargs)
-    monkeypatch.setattr(train, function, crashing)
+    monkeypatch.setattr(r1, function, crashing)
 
 
 def correct_samples(model, rows, cfg, decoder=None):
@@ -173,14 +244,14 @@ def test_r1_recipe_end_to_end_with_crash_and_resume_in_every_stage(tmp_path, mon
     with pytest.raises(SystemExit, match=r"rejection sampling \(R1 stage 3\): no sample survived rejection"):
         train.main(train.parse_args(args + ["--resume"]))
     assert not os.path.exists(os.path.join(out, "rejection.jsonl"))
-    monkeypatch.setattr(train, "rejection_sample", correct_samples)
+    monkeypatch.setattr(r1, "rejection_sample", correct_samples)
     crash_after_logging(monkeypatch, "run_sft", "rsft", 2)
     with pytest.raises(Crash):
         train.main(train.parse_args(args + ["--resume"]))
     crash_after_logging(monkeypatch, "run_rl", "rl_final", 2)
     with pytest.raises(Crash):
         train.main(train.parse_args(args + ["--resume"]))
-    monkeypatch.setattr(train, "rejection_sample", None)  # the finished rsft stage must not sample again
+    monkeypatch.setattr(r1, "rejection_sample", None)  # the finished rsft stage must not sample again
     evals = train.main(train.parse_args(args + ["--resume"]))
 
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]

@@ -1,0 +1,126 @@
+"""
+The pipeline's settings: TrainConfig, everything train.py runs, and R1Config, the stages of --recipe r1
+(DeepSeek-R1, arXiv:2501.12948 sec. 2.3), with their checks. Below the stages that read them (pretrain.py,
+rl.py, r1.py, train.py, distill.py); the settings of GRPO and of the corpus live with their code (grpo.py,
+data.py) and nest here.
+"""
+
+import inspect
+import math
+import re
+from dataclasses import dataclass, field, fields
+
+import data
+import distributed
+from grpo import GRPOConfig
+from model import make_config
+
+
+def field_help(config_class):
+    """{field name: the comment on its line} of a dataclass, read from its source: each setting is explained once,
+    where it is declared, and train.py --help shows that."""
+    names = {f.name for f in fields(config_class)}
+    found = re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(config_class), re.MULTILINE)
+    return {name: comment for name, comment in found if name in names}
+
+
+@dataclass
+class R1Config:
+    """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1. Not tuned yet."""
+    coldstart_examples: int = 3000      # cold-start SFT examples (sec. 2.3.1: "thousands of" readable long CoTs)
+    coldstart_epochs: int = 2           # epochs of cold-start SFT
+    coldstart_lr: float = 1e-4          # peak learning rate of cold-start SFT
+    reasoning_rl_steps: int = 120       # steps of reasoning RL on the cold-started model (sec. 2.3.2)
+    language_weight: float = 1.0        # weight of sec. 2.3.2's language-consistency reward, in stages 2 and 4
+    rejection_problems: int = 1000      # RL problems the stage-2 model answers for rejection sampling (sec. 2.3.3)
+    rejection_samples_per_prompt: int = 8  # answers sampled per problem
+    rejection_keep_per_prompt: int = 4  # most distinct correct answers kept per problem
+    rejection_max_tokens_frac: float = 0.875  # longest kept answer, as a share of the RL budget (448 of 512)
+    non_reasoning_fraction: float = 0.25  # share of direct answers in the SFT set (R1: 200k of 800k samples)
+    rsft_epochs: int = 2                # epochs of SFT on them (sec. 2.3.3: "for two epochs")
+    rsft_lr: float = 1e-4               # peak learning rate of that SFT
+    sft_batch_size: int = 16            # rows per step of both SFT stages
+    sft_seq_len: int = 640              # longest SFT example in tokens, at most the model's max_seq_len
+    sft_checkpoint_every: int = 50      # SFT steps between checkpoints
+    final_rl_steps: int = 120           # steps of RL for all scenarios on the rejection-SFT model (sec. 2.3.4)
+    final_arithmetic_fraction: float = 0.25  # share of "Compute ..." problems among stage 4's prompts
+
+    def validate(self):
+        for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
+                     "rejection_keep_per_prompt", "rsft_epochs", "sft_batch_size", "sft_seq_len",
+                     "sft_checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"R1Config.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("reasoning_rl_steps", "final_rl_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"R1Config.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("coldstart_lr", "rsft_lr"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"R1Config.{name} must be a positive number")
+        if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
+            raise ValueError(f"R1Config.language_weight must be >= 0, got {self.language_weight}")
+        if not 0 < self.rejection_max_tokens_frac <= 1:
+            raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
+        for name in ("non_reasoning_fraction", "final_arithmetic_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"R1Config.{name} must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "r1-zero"             # r1-zero: base -> RL; r1: base -> cold start -> RL -> rejection SFT -> RL
+    setup: str = "auto"                 # gpu (these defaults) or cpu (CPU_SETUP); auto: cpu when no GPU is used
+    preset: str = "small"               # model preset: tiny (CPU tests), cpu (CPU_SETUP), small (one GPU), medium
+    out_dir: str = "out"                # where metrics, checkpoints, transcripts, eval.json and plots go
+    seed: int = 0                       # seeds the weights, the corpus, the problems drawn and the sampling
+    device: str = "auto"                # auto: cuda if available, else cpu
+    resume: bool = False                # continue from the checkpoints in out_dir; stops if there are none
+    dist_backend: str = "auto"          # under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device
+    # pretraining on the synthetic corpus
+    pretrain_steps: int = 2000          # optimizer steps of pretraining
+    pretrain_batch_size: int = 64       # windows per step, global: split over the ranks under torchrun
+    pretrain_seq_len: int = 512         # tokens per window of the packed corpus stream
+    pretrain_lr: float = 2e-3           # peak learning rate (AdamW), then cosine down to 10%
+    pretrain_warmup: int = 100          # steps of linear warmup
+    pretrain_unique_tokens: int = 20_000_000  # corpus tokens generated, then cycled
+    # R1-Zero RL
+    rl_steps: int = 120                 # GRPO steps of R1-Zero's RL
+    rl_prompts_per_step: int = 64       # problems per RL step, global (x group_size = 512 rollouts, one decode batch)
+    train_data: str = ""                # a JSONL file of your own RL problems (data.load_jsonl); "": Countdown's
+    # evaluation on the held-out split
+    eval_data: str = ""                 # a JSONL file of your own held-out problems; "": Countdown's test split
+    eval_problems: int = 200            # drawn from the held-out problems (by --seed); 0 skips evaluation
+    eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
+    eval_temperature: float = 0.6       # sampling temperature (R1's protocol: 0.6, top-p 0.95, pass@1 over k)
+    eval_top_p: float = 0.95            # nucleus sampling's probability mass
+    log_every: int = 10                 # steps between the metrics rows of pretraining and SFT (RL logs every step)
+    checkpoint_every: int = 20          # RL steps between checkpoints
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
+    r1: R1Config = field(default_factory=R1Config)
+
+    def validate(self):
+        make_config(self.preset)  # raises for an unknown preset
+        positive = ["pretrain_steps", "pretrain_batch_size", "pretrain_seq_len", "rl_prompts_per_step", "eval_samples",
+                    "log_every", "checkpoint_every", "pretrain_unique_tokens"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ["rl_steps", "eval_problems", "pretrain_warmup"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.pretrain_lr > 0 and math.isfinite(self.pretrain_lr)):
+            raise ValueError("TrainConfig.pretrain_lr must be a positive number")
+        if self.eval_temperature < 0 or not 0 < self.eval_top_p <= 1:
+            raise ValueError("need TrainConfig.eval_temperature >= 0 and 0 < TrainConfig.eval_top_p <= 1")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"TrainConfig.device must be auto, cpu or cuda[:N], got {self.device}")
+        if self.recipe not in ("r1-zero", "r1"):
+            raise ValueError(f"TrainConfig.recipe must be r1-zero or r1, got {self.recipe}")
+        self.grpo.validate()
+        self.corpus.validate()
+        self.r1.validate()
+        # under torchrun: refused on every rank alike, before any rank waits for the others
+        distributed.check_backend(self.dist_backend, self.device)
+        distributed.per_rank(self.pretrain_batch_size, "TrainConfig.pretrain_batch_size")
+        distributed.per_rank(self.rl_prompts_per_step, "TrainConfig.rl_prompts_per_step")

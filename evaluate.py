@@ -1,0 +1,51 @@
+"""
+Evaluation on held-out problems with R1's protocol (arXiv:2501.12948 sec. 3): k samples per problem at
+temperature 0.6 and top-p 0.95; pass@1 averaged over the k, and cons@k, the majority vote over the answers'
+values. Also the mean response length, reflections per response and language consistency. Data parallel under
+torchrun.
+"""
+
+from collections import Counter
+
+import torch
+
+import data
+import distributed
+import rewards
+from sample import Decoder, rollouts
+
+
+def answer_key(text, row):
+    """What two answers must share to count as the same vote: the exact value (None if invalid)."""
+    answer = rewards.extract_answer(text)
+    if answer is None:
+        return None
+    if row["task"] == "countdown":
+        return rewards.countdown_value(answer, row["numbers"])
+    return rewards.parse_number(answer)
+
+
+@torch.no_grad()
+def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512):
+    """Data parallel: each rank answers every world_size-th problem, and the ranks' sums are added up."""
+    enc = data.get_tokenizer()
+    n_problems = len(rows)
+    rows = rows[distributed.rank()::distributed.world_size()]
+    batch = rollouts(Decoder(model), rows, k, max_new_tokens, temperature, top_p, batch_size)
+    pass1, cons, lengths, reflections, consistency = [], [], [], [], []
+    for j, row in enumerate(rows):
+        texts, scores = batch.texts[j * k:(j + 1) * k], batch.scores[j * k:(j + 1) * k]
+        pass1.append(sum(s.accuracy for s in scores) / k)
+        votes = Counter(key for key in (answer_key(t, row) for t in texts) if key is not None)
+        target = row["target"] if row["task"] == "countdown" else rewards.parse_number(row["answer"])
+        cons.append(float(bool(votes) and votes.most_common(1)[0][0] == target))
+        lengths += [len(enc.encode(t, allowed_special="all")) for t in texts]
+        reflections += [s.reflections for s in scores]
+        consistency += [s.language_consistency for s in scores]  # against English, the prompts' language
+    sums = distributed.all_reduce_metrics({"pass@1": sum(pass1), "cons": sum(cons), "tokens": sum(lengths),
+                                           "reflections": sum(reflections), "consistency": sum(consistency)}, "sum")
+    return {"pass@1": sums["pass@1"] / n_problems, f"cons@{k}": sums["cons"] / n_problems,
+            "mean_response_tokens": sums["tokens"] / (n_problems * k),
+            "reflections_per_response": sums["reflections"] / (n_problems * k),
+            "language_consistency": sums["consistency"] / (n_problems * k),
+            "problems": n_problems, "samples_per_problem": k, "example": batch.texts[0] if batch.texts else None}

@@ -1,0 +1,110 @@
+"""
+Pretraining the base model: next-token prediction on the packed synthetic corpus (data.corpus_tokens), with
+warmup and cosine decay, checkpointed and resumable. The base model is where R1-Zero's RL starts (and R1's
+stages, and distill.py's students).
+"""
+
+import math
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import distributed
+from checkpoint import drop_rows_from, load_checkpoint, save_checkpoint
+from config import TrainConfig
+from model import Transformer, make_config
+
+
+def lr_at(step, total, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine down to 10%
+
+
+def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
+    """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every 10 log intervals."""
+    n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len)
+    stream = torch.tensor(data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed, cfg=cfg.corpus),
+                          dtype=torch.long)
+    B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
+    b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
+    train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    if opt_state:
+        opt.load_state_dict(opt_state)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
+    model.train()
+    t0, tokens_seen = time.time(), 0
+    bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps,
+               disable=not distributed.is_main())
+    for step in bar:
+        # every rank draws the whole batch from the same generator and keeps its slice: the union is the batch
+        starts = torch.randint(0, len(stream) - T - 1, (B,), generator=gen)[rank * b:(rank + 1) * b]
+        batch = torch.stack([stream[s:s + T + 1] for s in starts.tolist()]).to(device, non_blocking=True)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_lr, cfg.pretrain_warmup)
+        with autocast:
+            logits = train_model(batch[:, :-1])
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower TrainConfig.pretrain_lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens_seen += B * T
+        distributed.sum_router_load(model)  # the bias update follows the global load, the same on every rank
+        if step % cfg.log_every == 0 or step == cfg.pretrain_steps - 1:
+            balance = model.router_stats()
+            model.update_router_bias()
+            dt = time.time() - t0
+            mean_loss = distributed.all_reduce_metrics({"loss": loss.item()})["loss"]  # ranks' equal shares
+            log({"stage": "pretrain", "step": step, "loss": mean_loss, "lr": opt.param_groups[0]["lr"],
+                 "router_max_over_mean": float(np.nanmean(balance)) if balance else None,
+                 "tokens_per_s": tokens_seen / dt, "elapsed_s": dt})
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+        else:
+            model.update_router_bias()
+        if (step + 1) % (10 * cfg.log_every) == 0:
+            save(step + 1, opt)
+
+
+def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
+    """The base model of cfg.preset: with cfg.resume the finished paths["base.pt"], or pretraining continued from
+    an interrupted paths["pretrain.pt"]; otherwise pretrained from scratch (after logging `first_row`, the run's
+    config row). Saves base.pt when pretraining ends."""
+    main_rank = distributed.is_main()
+    say = print if main_rank else (lambda *args: None)
+    if cfg.resume and os.path.exists(paths["base.pt"]):
+        say(f"resumed the finished base model from {paths['base.pt']}")
+        return load_checkpoint(paths["base.pt"], device)["model"]
+    start, opt_state = 0, None
+    if cfg.resume and os.path.exists(paths["pretrain.pt"]):
+        ckpt = load_checkpoint(paths["pretrain.pt"], device)
+        model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+        say(f"resumed pretraining at step {start}")
+        if main_rank:
+            drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
+    else:
+        if first_row is not None:
+            log(first_row)
+        model = Transformer(make_config(cfg.preset)).to(device)
+    say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
+        f"active per token, on {device}")
+
+    def save(step, opt):
+        if main_rank:
+            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+
+    pretrain(model, cfg, device, log, save, start, opt_state)
+    if main_rank:
+        save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
+    return model

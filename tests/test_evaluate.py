@@ -1,0 +1,28 @@
+from fractions import Fraction
+
+import torch
+
+import data
+from evaluate import answer_key, evaluate
+from model import Transformer, make_config
+
+COUNTDOWN = data.countdown_row([3, 7, 11], 54)
+NUMERIC = data.arithmetic_row("What is 6 * 7?", "42")
+
+
+def test_answer_key_is_the_exact_value_of_a_well_formed_answer():
+    assert answer_key("<think> x </think> <answer> 11 * 7 - 3 * 7 </answer>", COUNTDOWN) is None  # 7 twice
+    assert answer_key("<think> x </think> <answer> (7 - 3) * 11 + 10 </answer>", COUNTDOWN) is None
+    assert answer_key("<think> x </think> <answer> 11 * 3 + 7 </answer>", COUNTDOWN) == Fraction(40)
+    assert answer_key("<think> x </think> <answer> 42.0 </answer>", NUMERIC) == Fraction(42)
+    assert answer_key("<answer> 42 </answer>", NUMERIC) is None  # no think block: not the format
+
+
+def test_evaluate_reports_r1s_metrics_over_k_samples():
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny"))
+    result = evaluate(model, [COUNTDOWN, NUMERIC], k=3, max_new_tokens=8, temperature=1.0, top_p=0.95)
+    assert (result["problems"], result["samples_per_problem"]) == (2, 3)
+    for key in ("pass@1", "cons@3", "language_consistency"):
+        assert 0 <= result[key] <= 1, key
+    assert result["mean_response_tokens"] > 1 and result["example"].startswith("<think>")
