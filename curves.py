@@ -1,9 +1,14 @@
 """
-Reading a run's metrics.jsonl: the learning-curve figure (curves.png, and the notebooks') and R1-Zero's growth
-ratios of response length and reflection over RL (eval.json).
+Reading a run's metrics.jsonl: the learning-curve figure (curves.png, and the notebooks'), R1-Zero's growth
+ratios of response length and reflection over RL (eval.json), and runs side by side (R1-Zero vs R1):
+
+    python curves.py --compare R1-Zero=results/r1/r1-zero_de_seed0 R1=results/r1/r1_de_seed0 --out cmp.png
 """
 
+import argparse
 import json
+
+RL_STAGES = ("rl", "rl_reasoning", "rl_final")  # R1-Zero's one RL stage; --recipe r1's two
 
 
 def growth(rows, key):
@@ -17,7 +22,7 @@ def draw_curves(rows):
     """A figure of one run's learning curves from its metrics rows (used here and by the notebook)."""
     import matplotlib.pyplot as plt
     # RL rows of every RL stage (R1-Zero: "rl"; --recipe r1: "rl_reasoning" then "rl_final"), one line per stage
-    rl = [r for r in rows if r.get("stage") in ("rl", "rl_reasoning", "rl_final")]
+    rl = [r for r in rows if r.get("stage") in RL_STAGES]
     pre = [r for r in rows if r.get("stage") == "pretrain"]
     panels = [("pretrain loss", pre, "loss"), ("accuracy (train rollouts)", rl, "accuracy"),
               ("mean response length (tokens)", rl, "response_len_mean"),
@@ -33,7 +38,7 @@ def draw_curves(rows):
                 ax.plot(*zip(*pts), label=stage)
                 if key == "kl":
                     ax.set_yscale("log")  # k3 is unbounded above: one spike would flatten the whole curve
-        if len({r["stage"] for r in rs}) > 1:
+        if len(ax.get_lines()) > 1:
             ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -42,10 +47,70 @@ def draw_curves(rows):
     return fig
 
 
+def draw_comparison(runs):
+    """Runs side by side, {label: metrics rows}: each run's RL stages laid end to end on one axis of RL steps
+    (R1's reasoning RL, then its final RL after rejection-sampling SFT, the boundary dotted), so the figure shows
+    what each recipe's RL did to accuracy, length, reflection and language consistency (R1 sec. 2.3)."""
+    import matplotlib.pyplot as plt
+    panels = [("accuracy (train rollouts)", "accuracy"), ("mean response length (tokens)", "response_len_mean"),
+              ("reflections per response", "reflection_rate"),
+              ("language consistency (R1 sec. 2.3.2)", "language_consistency")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for label, rows in runs.items():
+        rl = [r for r in rows if r.get("stage") in RL_STAGES]
+        starts, x = {}, []
+        for r in rl:  # a stage starts where the stages before it ended
+            starts.setdefault(r["stage"], len(x))
+            x.append(starts[r["stage"]] + r["step"])
+        for ax, (_, key) in zip(axes, panels):
+            line, = ax.plot(x, [r.get(key) for r in rl], label=label, lw=1.2)
+            for start in list(starts.values())[1:]:
+                ax.axvline(start, color=line.get_color(), ls=":", lw=1)
+    for ax, (title, _) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("RL step (all RL stages)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def read_rows(metrics_path):
+    with open(metrics_path) as f:
+        return [json.loads(line) for line in f]
+
+
+def save_figure(fig, out_png):
+    import matplotlib.pyplot as plt
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+
+
 def plot_curves(metrics_path, out_png):
     import matplotlib
     matplotlib.use("Agg")  # a file, no display
-    import matplotlib.pyplot as plt
-    fig = draw_curves([json.loads(line) for line in open(metrics_path)])
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    save_figure(draw_curves(read_rows(metrics_path)), out_png)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Draw runs' RL curves side by side (LABEL=RUN_DIR ...).")
+    parser.add_argument("--compare", nargs="+", required=True, metavar="LABEL=RUN_DIR",
+                        help="runs to draw: a label, '=', and a train.py --out-dir holding metrics.jsonl")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.compare:
+        label, sep, run_dir = item.partition("=")
+        if not sep or not label or not run_dir:
+            parser.error(f"--compare takes LABEL=RUN_DIR, got {item!r}")
+        try:
+            runs[label] = read_rows(f"{run_dir}/metrics.jsonl")
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"{run_dir}/metrics.jsonl: {err}")
+    import matplotlib
+    matplotlib.use("Agg")
+    save_figure(draw_comparison(runs), args.out)
+
+
+if __name__ == "__main__":
+    main()

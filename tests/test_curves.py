@@ -1,7 +1,9 @@
+import json
+
 import matplotlib
 import pytest
 
-from curves import draw_curves, growth
+from curves import draw_comparison, draw_curves, growth, main
 
 matplotlib.use("Agg")
 
@@ -23,3 +25,26 @@ def test_draw_curves_draws_every_rl_stage_as_its_own_line():
     assert len(axes) == 10 and axes[0].get_title() == "pretrain loss"
     accuracy = next(ax for ax in axes if ax.get_title().startswith("accuracy"))
     assert [line.get_label() for line in accuracy.get_lines()] == ["rl_reasoning", "rl_final"]
+
+
+def test_draw_comparison_lays_a_runs_rl_stages_end_to_end():
+    r1_zero = [{"stage": "rl", "step": s, "accuracy": 0.1 * s, "language_consistency": 0.7} for s in range(4)]
+    r1 = [{"stage": stage, "step": s, "accuracy": 0.5, "language_consistency": 1.0}
+          for stage in ("rl_reasoning", "rl_final") for s in range(3)]
+    accuracy = draw_comparison({"R1-Zero": r1_zero, "R1": r1}).axes[0]
+    zero_line, r1_line, boundary = accuracy.get_lines()
+    assert list(zero_line.get_xdata()) == [0, 1, 2, 3] and list(r1_line.get_xdata()) == [0, 1, 2, 3, 4, 5]
+    assert list(boundary.get_xdata()) == [3, 3]  # the final RL stage starts after the reasoning RL's 3 steps
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["R1-Zero", "R1"]
+
+
+def test_compare_cli_writes_a_png_and_refuses_a_bad_argument(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": "rl", "step": s, "accuracy": 0.5}) + "\n"
+                                               for s in range(3)))
+    main(["--compare", f"A={run}", "--out", str(tmp_path / "cmp.png")])
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    for bad in ("no-equals-sign", f"A={tmp_path / 'missing'}"):
+        with pytest.raises(SystemExit):
+            main(["--compare", bad, "--out", str(tmp_path / "x.png")])
