@@ -16,6 +16,8 @@ policy writes, so their lengths, and the time they take, differ a little from ru
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,8 +36,17 @@ def run(preset, nproc, extra, out_dir):
            "train.py", "--preset", preset, "--out-dir", out_dir, *SHORT_RUN, *extra]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+        # torchrun's own summary (ChildFailedError) buries the rank's error: keep the whole output in a file and
+        # name the error lines of train.py itself
+        log = os.path.join(tempfile.gettempdir(), f"bench_scaling_{preset}_{nproc}.log")
+        with open(log, "w") as f:
+            f.write(f"{shlex.join(cmd)}\n{done.stdout}\n{done.stderr}")
+        errors = [line.strip() for line in done.stderr.splitlines()
+                  if re.search(r"\w(Error|Exception)\b|error:", line) and "ChildFailedError" not in line]
+        raise RuntimeError(f"{preset} on {nproc} process(es) failed: {' | '.join(dict.fromkeys(errors[-4:]))} "
+                           f"(whole output in {log})")
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def summarise(rows):
@@ -57,17 +68,25 @@ def main():
     print(f"commit {git_commit()}; train.py {' '.join(SHORT_RUN + extra)}")
     print(f"{'preset':>7} | {'GPUs':>4} | {'pretrain tok/s':>14} | {'speed-up':>8} | {'rollout s':>9} | "
           f"{'update s':>8} | {'RL step speed-up':>16}")
+    failed = False
     for preset in args.presets:
         results = {}
-        for nproc in (1, args.nproc):
-            with tempfile.TemporaryDirectory() as out_dir:
-                results[nproc] = summarise(run(preset, nproc, extra, out_dir))
+        try:
+            for nproc in (1, args.nproc):
+                with tempfile.TemporaryDirectory() as out_dir:
+                    results[nproc] = summarise(run(preset, nproc, extra, out_dir))
+        except RuntimeError as err:  # the other presets still run: one failure loses only its own rows
+            print(err, flush=True)
+            failed = True
+            continue
         one = results[1]
         for nproc, r in results.items():
             step, one_step = r["rollout_s"] + r["update_s"], one["rollout_s"] + one["update_s"]
             print(f"{preset:>7} | {nproc:>4} | {r['pretrain_tokens_per_s']:>14,.0f} | "
                   f"{r['pretrain_tokens_per_s'] / one['pretrain_tokens_per_s']:>7.2f}x | {r['rollout_s']:>9.3f} | "
-                  f"{r['update_s']:>8.3f} | {one_step / step:>15.2f}x")
+                  f"{r['update_s']:>8.3f} | {one_step / step:>15.2f}x", flush=True)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
