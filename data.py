@@ -220,6 +220,9 @@ def check_countdown(numbers, target):
         raise ValueError(f"the Countdown target must be in 1..{MAX_TARGET}, got {target}")
 
 
+TASKS = ("countdown", "arithmetic")  # a row's "task"; a user's numeric dataset is "arithmetic" (rewards.score)
+
+
 def countdown_row(numbers, target, rng=None):
     numbers = list(numbers)
     if rng is not None:

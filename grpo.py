@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 
 import distributed
-from data import pad_token_id, stop_token_ids
+from data import TASKS, pad_token_id, stop_token_ids
 from kernels import token_logprobs
 from rewards import score
 from sample import Decoder, rollouts
@@ -348,6 +348,18 @@ class GRPOTrainer:
         summary.update(
             reflection_rate_correct=totals["reflections_correct"] / totals["correct"] if totals["correct"] else 0.0,
             rollout_tokens_per_s=totals["tokens"] / summary["rollout_s"])
+        # accuracy of each task where a step mixes them (R1's RL for all scenarios: Countdown and arithmetic);
+        # every rank reduces the same keys, whichever tasks it drew
+        tasks = [rows[i // G].get("task") for i in range(len(scores))]
+        per_task = {}
+        for task in TASKS:
+            per_task[f"correct_{task}"] = sum(s.accuracy for s, t in zip(scores, tasks) if t == task)
+            per_task[f"n_{task}"] = tasks.count(task)
+        per_task = distributed.all_reduce_metrics(per_task, "sum")
+        mixed = [task for task in TASKS if per_task[f"n_{task}"]]
+        if len(mixed) > 1:
+            summary.update({f"accuracy_{task}": per_task[f"correct_{task}"] / per_task[f"n_{task}"]
+                            for task in mixed})
         # "aha" examples: the model said "wait", tried again, and ended correct
         aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
                for i in range(len(texts)) if scores[i].accuracy == 1 and "wait" in texts[i].lower()][:2]

@@ -402,3 +402,24 @@ def test_overlong_buffer_must_fit_the_budget():
     with pytest.raises(ValueError):
         GRPOConfig(max_new_tokens=100, overlong_buffer=100).validate()
     GRPOConfig(max_new_tokens=100, overlong_buffer=20, overlong_filter=True).validate()
+
+
+def test_a_step_that_mixes_tasks_logs_each_tasks_accuracy():
+    """R1's RL for all scenarios mixes Countdown and arithmetic prompts: each gets its own accuracy; a step of
+    one task logs only the overall accuracy."""
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+    from rewards import Reward
+
+    def reward_fn(text, row, format_weight, language_weight):  # every arithmetic answer right, no Countdown one
+        hit = float(row["task"] == "arithmetic")
+        return Reward(total=hit, format=0.0, accuracy=hit, reflections=0, language_consistency=1.0)
+
+    torch.manual_seed(0)
+    trainer = GRPOTrainer(Transformer(make_config("tiny")), GRPOConfig(group_size=2, max_new_tokens=2, minibatches=1),
+                          torch.device("cpu"), reward_fn=reward_fn)
+    mixed = [{"task": "countdown", "question": "a"}] * 3 + [{"task": "arithmetic", "question": "b"}]
+    stats = trainer.step(mixed)[0]
+    assert (stats["accuracy"], stats["accuracy_countdown"], stats["accuracy_arithmetic"]) == (0.25, 0.0, 1.0)
+    one_task = trainer.step([{"task": "countdown", "question": "a"}] * 2)[0]
+    assert not any(key.startswith("accuracy_") for key in one_task)
