@@ -8,6 +8,14 @@ from curves import draw_comparison, draw_curves, growth, main
 matplotlib.use("Agg")
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Each test's figures closed after it: pyplot keeps every open figure alive (and warns past 20)."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
 def test_growth_compares_the_last_tenth_of_rl_steps_with_the_first():
     rows = [{"response_len_mean": 10.0 + step} for step in range(20)]  # 2 rows per tenth
     g = growth(rows, "response_len_mean")

@@ -26,6 +26,8 @@ def run_notebook(path, results):
                 exec(compile("".join(cell["source"]), path, "exec"), scope)
         return scope
     finally:
+        import matplotlib.pyplot as plt
+        plt.close("all")  # the notebook's figures: pyplot keeps them alive otherwise
         os.chdir(old_cwd)
         if old_env is None:
             del os.environ["NANOR1_RESULTS"]
