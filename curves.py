@@ -36,7 +36,7 @@ def draw_curves(rows):
             pts = [(r["step"], r[key]) for r in rs if r["stage"] == stage and r.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), label=stage)
-                if key == "kl":
+                if key == "kl" and any(v > 0 for _, v in pts):
                     ax.set_yscale("log")  # k3 is unbounded above: one spike would flatten the whole curve
         if len(ax.get_lines()) > 1:
             ax.legend(fontsize=7)
