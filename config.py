@@ -24,6 +24,19 @@ def field_help(config_class):
     return {name: comment for name, comment in found if name in names}
 
 
+def add_config_flags(parser, config_class, prefix="", skip=()):
+    """A flag per field of a dataclass config, --PREFIX-FIELD into dest PREFIX_FIELD, its help the field's comment
+    and default (sft.py, rejection.py and distill.py build their command lines with it; train.py's own flags
+    also carry the CPU setup's values)."""
+    comments = field_help(config_class)
+    for f in fields(config_class):
+        if f.name in skip:
+            continue
+        kind = dict(action="store_true") if isinstance(f.default, bool) else dict(type=type(f.default))
+        parser.add_argument("--" + (prefix + f.name).replace("_", "-"), dest=prefix + f.name, default=f.default,
+                            help=f"{comments.get(f.name, '')} (default: {f.default})".replace("%", "%%"), **kind)
+
+
 @dataclass
 class R1Config:
     """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1. Not tuned yet."""

@@ -39,7 +39,7 @@ import torch
 
 import data
 from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint, tokenizer_sha256
-from config import R1Config, TrainConfig
+from config import R1Config, TrainConfig, add_config_flags
 from evaluate import evaluate
 from grpo import GRPOConfig
 from model import Transformer, make_config
@@ -55,7 +55,7 @@ TEACHER_CHECKPOINTS = ("rl_final.pt", "rl.pt")  # the final model of an R1 recip
 @dataclass
 class DistillConfig:
     teacher: str = ""                     # the teacher's train.py --out-dir
-    out_dir: str = ""                     # default: TEACHER/distill
+    out_dir: str = ""                     # where the comparison is written; "": TEACHER/distill
     students: tuple = ("dense-1m", "dense-4m", "dense-12m")  # model presets (model.PRESETS)
     seeds: tuple = (0,)                   # each student size is trained once per seed
     rl_steps: int = 0                     # the RL baseline's steps; 0: as many as the teacher got (fewer: refused)
@@ -365,17 +365,11 @@ def parse_args(argv=None) -> DistillConfig:
     parser.add_argument("--teacher", required=True, help="the --out-dir of a finished train.py run")
     parser.add_argument("--students", nargs="+", default=list(defaults.students), help="model presets")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
-    for f in fields(DistillConfig):
-        if f.name not in ("teacher", "students", "seeds", "sft", "rejection"):
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
-                                default=f.default, help=f"default: {f.default}")
+    add_config_flags(parser, DistillConfig, skip=("teacher", "students", "seeds", "sft", "rejection"))
     # the nested configs' fields get a prefix: --sft-lr sets sft.lr, --reject-temperature sets rejection.temperature
     nested = {"sft": (SFTConfig, "sft_"), "rejection": (RejectionConfig, "reject_")}
     for name, (config_class, prefix) in nested.items():
-        for f in fields(config_class):
-            if (name, f.name) != ("sft", "seed"):  # SFT is seeded by each student's seed
-                parser.add_argument("--" + (prefix + f.name).replace("_", "-"), dest=prefix + f.name,
-                                    type=type(f.default), default=f.default, help=f"default: {f.default}")
+        add_config_flags(parser, config_class, prefix, skip=("seed",) if name == "sft" else ())  # SFT: each student's seed
     args = vars(parser.parse_args(argv))
     sub = {name: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)
                                  if prefix + f.name in args})

@@ -33,6 +33,7 @@ import torch
 import data
 import sft
 from checkpoint import git_commit, load_checkpoint
+from config import add_config_flags
 from sample import Decoder, rollouts
 
 # why a sample is rejected, in the order the checks run (each sample counts under the first it fails)
@@ -44,7 +45,7 @@ class RejectionConfig:
     samples_per_prompt: int = 8           # R1 samples many answers per prompt and keeps the correct ones
     max_new_tokens: int = 512             # the sampling budget (grpo.py's default)
     temperature: float = 1.0              # the policy's own distribution, as GRPO samples it
-    top_p: float = 1.0
+    top_p: float = 1.0                    # nucleus sampling; 1.0: the whole distribution
     min_language_consistency: float = 0.99  # keep single-language CoTs only (R1 sec. 2.3.3: no mixed languages)
     max_tokens: int = 448                 # longest completion kept (SFT tokens, after the prompt's "<think>")
     keep_per_prompt: int = 4              # at most this many distinct correct answers per prompt
@@ -144,9 +145,7 @@ def main(argv=None):
     parser.add_argument("--problems", type=int, default=1000, help="problems drawn from the split (seeded by --seed)")
     parser.add_argument("--out", required=True, help="JSONL file of the kept examples, for sft.py --data")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    for f in fields(RejectionConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
-                            help=f"default: {f.default}")
+    add_config_flags(parser, RejectionConfig)
     args = parser.parse_args(argv)
     cfg = RejectionConfig(**{f.name: getattr(args, f.name) for f in fields(RejectionConfig)})
     try:

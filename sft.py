@@ -47,6 +47,7 @@ import torch.nn.functional as F
 import data
 import distributed
 from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint
+from config import add_config_flags
 from template import ANSWER_END, EOT, THINK
 
 IGNORE = -100  # target of positions outside the completions (F.cross_entropy's ignore_index)
@@ -58,14 +59,14 @@ class SFTConfig:
     steps: int = 0               # optimizer steps; 0: as many as `epochs` takes (the last batch may be short)
     batch_size: int = 16         # packed rows per step, over all ranks together under torchrun
     seq_len: int = 640           # tokens per row; at most the model's max_seq_len
-    lr: float = 1e-4             # not tuned yet
+    lr: float = 1e-4             # peak learning rate (not tuned yet)
     warmup: int = 10             # steps of linear warmup, then cosine decay
     min_lr_frac: float = 0.1     # the cosine ends at lr * min_lr_frac
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    log_every: int = 10
+    weight_decay: float = 0.0    # AdamW's decoupled weight decay
+    max_grad_norm: float = 1.0   # gradients clipped to this global norm
+    log_every: int = 10          # steps between metrics rows
     checkpoint_every: int = 100  # steps between checkpoints (one is always written at the end)
-    seed: int = 0
+    seed: int = 0                # the order of the packed rows
 
     def validate(self):
         for name in ("epochs", "batch_size", "seq_len", "log_every", "checkpoint_every"):
@@ -297,9 +298,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     parser.add_argument("--dist-backend", default="auto", help="under torchrun: nccl (GPUs) or gloo (CPU); auto "
                                                                "picks by device")
-    for f in fields(SFTConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
-                            help=f"default: {f.default}")
+    add_config_flags(parser, SFTConfig)
     args = parser.parse_args(argv)
     cfg = SFTConfig(**{f.name: getattr(args, f.name) for f in fields(SFTConfig)})
     try:

@@ -2,15 +2,20 @@ from dataclasses import fields
 
 import pytest
 
-from config import R1Config, TrainConfig, field_help
+from config import R1Config, TrainConfig, add_config_flags, field_help
 from data import CorpusConfig
+from distill import DistillConfig
 from grpo import GRPOConfig
+from rejection import RejectionConfig
+from sft import SFTConfig
 
 
 def test_every_setting_is_explained_where_it_is_declared():
-    # train.py --help shows these comments; a nested config is no setting of its own
-    for config_class in (TrainConfig, R1Config, GRPOConfig, CorpusConfig):
-        nested = {"grpo", "corpus", "r1"} if config_class is TrainConfig else set()
+    # train.py's, sft.py's, rejection.py's and distill.py's --help show these comments; a nested config is no
+    # setting of its own
+    nested_in = {TrainConfig: {"grpo", "corpus", "r1"}, DistillConfig: {"sft", "rejection"}}
+    for config_class in (TrainConfig, R1Config, GRPOConfig, CorpusConfig, SFTConfig, RejectionConfig, DistillConfig):
+        nested = nested_in.get(config_class, set())
         comments = field_help(config_class)
         assert set(comments) == {f.name for f in fields(config_class)} - nested, config_class.__name__
         assert all(len(comment.split()) >= 3 for comment in comments.values()), comments
@@ -26,3 +31,22 @@ def test_validation_names_the_fields():
                          (dict(grpo=GRPOConfig(kl_beta=-1)), "GRPOConfig.kl_beta must be >= 0")):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad).validate()
+
+
+def test_config_flags_carry_the_field_comment_and_default():
+    import argparse
+    from dataclasses import dataclass
+
+    @dataclass
+    class Example:
+        steps: int = 3         # how many steps to take
+        fast: bool = False     # skip the slow part
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Example, prefix="ex_", skip=())
+    assert vars(parser.parse_args([])) == {"ex_steps": 3, "ex_fast": False}
+    assert vars(parser.parse_args(["--ex-steps", "5", "--ex-fast"])) == {"ex_steps": 5, "ex_fast": True}
+    assert "how many steps to take (default: 3)" in " ".join(parser.format_help().split())
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Example, skip=("fast",))
+    assert vars(parser.parse_args([])) == {"steps": 3}
