@@ -76,6 +76,7 @@ def draw_comparison(runs):
 
 
 def read_rows(metrics_path):
+    """A run's metrics.jsonl as a list of dicts (the first row is the run's config)."""
     with open(metrics_path) as f:
         return [json.loads(line) for line in f]
 

@@ -32,7 +32,7 @@ import data
 import distributed
 from checkpoint import git_commit
 from config import R1Config, TrainConfig, field_help
-from curves import growth, plot_curves
+from curves import growth, plot_curves, read_rows
 from evaluate import evaluate
 from grpo import GRPOConfig
 from pretrain import pretrain_base
@@ -213,7 +213,7 @@ def main(cfg: TrainConfig):
             say("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
         rl_stages = ("rl",)
     if main_rank:
-        rows = [json.loads(line) for line in open(paths["metrics.jsonl"])]
+        rows = read_rows(paths["metrics.jsonl"])
         for stage in rl_stages:
             rl_rows = [r for r in rows if r.get("stage") == stage]
             if rl_rows:

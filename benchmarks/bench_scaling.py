@@ -14,7 +14,6 @@ policy writes, so their lengths, and the time they take, differ a little from ru
 """
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -23,6 +22,7 @@ import sys
 import tempfile
 
 from checkpoint import git_commit
+from curves import read_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py is, wherever this runs from
 
@@ -45,8 +45,7 @@ def run(preset, nproc, extra, out_dir):
                   if re.search(r"\w(Error|Exception)\b|error:", line) and "ChildFailedError" not in line]
         raise RuntimeError(f"{preset} on {nproc} process(es) failed: {' | '.join(dict.fromkeys(errors[-4:]))} "
                            f"(whole output in {log})")
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return read_rows(os.path.join(out_dir, "metrics.jsonl"))
 
 
 def summarise(rows):
