@@ -49,6 +49,7 @@ compute advantages once, then take one or more gradient steps on the loss below 
 We minimise the loss, -J.
 """
 
+import contextlib
 import copy
 import math
 import time
@@ -212,6 +213,7 @@ class GRPOConfig:
     language_weight: float = 0.0      # + language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)
     max_grad_norm: float = 1.0        # gradients are clipped to this norm
     rollout_batch_size: int = 512     # rows decoded together (by each rank)
+    micro_batch_rows: int = 0         # rows per forward/backward of a minibatch, gradients accumulated (0: all)
     # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
     overlong_filter: bool = False     # truncated responses (no stop token within the budget) carry no gradient
     overlong_buffer: int = 0          # soft punishment over the budget's last N tokens (see overlong_penalty)
@@ -222,6 +224,8 @@ class GRPOConfig:
         for name in ("max_new_tokens", "epochs", "minibatches", "rollout_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name} must be >= 1")
+        if self.micro_batch_rows < 0:
+            raise ValueError("GRPOConfig.micro_batch_rows must be >= 0 (0: the whole minibatch at once)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError("GRPOConfig.lr must be a positive number")
         if self.temperature <= 0:
@@ -266,6 +270,11 @@ def minibatch_rows(n_prompts, G, minibatches, generator):
     keys = torch.rand(n_prompts * W, G, generator=generator)[r * n_prompts:(r + 1) * n_prompts]
     order = keys.argsort(dim=1) + G * torch.arange(n_prompts)[:, None]  # row ids, each group shuffled
     return [order[:, j::minibatches].flatten() for j in range(min(minibatches, G))]
+
+
+def combine(values, op):
+    """The sum, max or mean of a list of numbers: how one statistic of several micro-batches makes one."""
+    return sum(values) if op == "sum" else max(values) if op == "max" else sum(values) / len(values)
 
 
 class GRPOTrainer:
@@ -392,40 +401,50 @@ class GRPOTrainer:
             model.train()
 
         logs = []
+        reduce_op = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}  # loss, pg_loss: shares that add up
         for _ in range(cfg.epochs):
             minibatches = [idx.to(self.device) for idx in
                            minibatch_rows(len(reward), cfg.group_size, cfg.minibatches, self.split_rng)]
+            chunked = [idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,) for idx in minibatches]
             n_totals = [None] * len(minibatches)
-            if W > 1:  # what each global minibatch's loss divides by: its tokens, or its sequences
+            if W > 1 or any(len(chunks) > 1 for chunks in chunked):
+                # what each global minibatch's loss divides by (its tokens, or its sequences), so that the losses
+                # of its micro-batches and ranks add up to the loss of the whole
                 counts = torch.stack([mask[idx].sum() if cfg.loss_agg_mode == "token-mean" else idx.new_tensor(
                     len(idx)) for idx in minibatches]).double()
-                n_totals = distributed.all_reduce_([counts])[0].tolist()
-            for idx, n_total in zip(minibatches, n_totals):
-                logp, entropy = self.token_logprobs(self.train_model, tokens[idx], real[idx], response[idx],
-                                                    return_entropy=True)
-                loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
-                                        advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
-                                        cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens, n_total=n_total)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
+                n_totals = distributed.all_reduce_([counts])[0].clamp(min=1).tolist()
+            for chunks, n_total in zip(chunked, n_totals):
                 self.opt.zero_grad(set_to_none=True)
-                # This rank's loss is its share of the global minibatch's; DDP averages gradients over the W
-                # ranks, so W x the share gives the gradient of the global loss.
-                (loss * W if W > 1 else loss).backward()
+                parts = []
+                for k, idx in enumerate(chunks):
+                    # gradient accumulation: under DDP only the last micro-batch's backward all-reduces
+                    last = k == len(chunks) - 1
+                    with contextlib.nullcontext() if W == 1 or last else self.train_model.no_sync():
+                        logp, entropy = self.token_logprobs(self.train_model, tokens[idx], real[idx], response[idx],
+                                                            return_entropy=True)
+                        loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
+                                                advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
+                                                cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,
+                                                n_total=n_total)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
+                        # This rank's loss is its share of the global minibatch's; DDP averages gradients over the
+                        # W ranks, so W x the share gives the gradient of the global loss.
+                        (loss * W if W > 1 else loss).backward()
+                    parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[idx])})
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.opt.step()
                 distributed.sum_router_load(model)
                 router = model.router_stats()
                 model.update_router_bias()
-                stats.update(loss=loss.item(), grad_norm=grad_norm.item(),
-                             entropy=masked_mean(entropy, mask[idx]).item(),
+                stats = {key: combine([float(p[key]) for p in parts], reduce_op.get(key, "mean")) for key in parts[0]}
+                stats.update(grad_norm=grad_norm.item(),
                              router_max_over_mean=sum(router) / len(router) if router else None)
                 logs.append(stats)
 
         summary = {key: float(sum(float(s[key]) for s in logs) / len(logs))
                    for key in logs[0] if logs[0][key] is not None}
-        # loss and pg_loss are shares of the global loss: they add up; the other statistics are per-rank means
-        reduce_op = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}
+        # over ranks as over micro-batches: loss and pg_loss add up, the other statistics are per-rank means
         for op in ("sum", "max", "mean"):
             part = {k: v for k, v in summary.items() if reduce_op.get(k, "mean") == op}
             summary.update(distributed.all_reduce_metrics(part, op))

@@ -71,6 +71,12 @@ def train_steps():
         stats = trainer.update(prompts[r * n * G:(r + 1) * n * G], completions[r * n * G:(r + 1) * n * G],
                                reward[r * n:(r + 1) * n])
         out[mode] = (stats["loss"], model.state_dict(), [p.grad.clone() for p in model.parameters()])
+    # gradient accumulation over micro-batches of 3 rows (ranks: 3 + 1 per minibatch; one process: 3 + 3 + 2)
+    model = fresh_model()
+    trainer = GRPOTrainer(model, GRPOConfig(**{**vars(GRPO), "micro_batch_rows": 3}), torch.device("cpu"))
+    stats = trainer.update(prompts[r * n * G:(r + 1) * n * G], completions[r * n * G:(r + 1) * n * G],
+                           reward[r * n:(r + 1) * n])
+    out["micro"] = (stats["loss"], model.state_dict(), [p.grad.clone() for p in model.parameters()])
     model, rows = fresh_model(), []
     assert sft.sft(model, sft_examples(), SFT, torch.device("cpu"), log=rows.append)["rows"] == 5
     out["sft"] = ([row["loss"] for row in rows if row["stage"] == "sft"], model.state_dict(),
@@ -108,7 +114,8 @@ def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert len(single["sft"][0]) == 2
-    for key in ["pretrain", *LOSS_AGG_MODES, "sft"]:
+    assert single["micro"][0] == pytest.approx(single[GRPO.loss_agg_mode][0], abs=1e-5)  # as without micro-batches
+    for key in ["pretrain", *LOSS_AGG_MODES, "micro", "sft"]:
         loss, weights, grads = single[key]
         for rank in ranks:
             assert rank[key][0] == pytest.approx(loss, abs=1e-5), key

@@ -423,3 +423,33 @@ def test_a_step_that_mixes_tasks_logs_each_tasks_accuracy():
     assert (stats["accuracy"], stats["accuracy_countdown"], stats["accuracy_arithmetic"]) == (0.25, 0.0, 1.0)
     one_task = trainer.step([{"task": "countdown", "question": "a"}] * 2)[0]
     assert not any(key.startswith("accuracy_") for key in one_task)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
+    """Gradient accumulation (micro_batch_rows) gives the minibatch's gradient and loss, whatever the split."""
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [[5, 6, 7]] * 4 + [[8, 9]] * 4
+    lengths = torch.randint(1, 6, (8,), generator=g)
+    completions = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in lengths]
+    reward = torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    results = []
+    for micro_batch_rows in (0, 3, 1):
+        torch.manual_seed(0)
+        model = Transformer(make_config("tiny"))
+        cfg = GRPOConfig(group_size=4, max_new_tokens=5, minibatches=1, kl_beta=0.01, loss_agg_mode=mode,
+                         max_grad_norm=1e9, micro_batch_rows=micro_batch_rows)
+        trainer = GRPOTrainer(model, cfg, torch.device("cpu"))
+        trainer.opt.step = lambda: None  # keep the gradient, skip the update
+        stats = trainer.update(prompts, completions, reward)
+        results.append((stats, [p.grad.clone() for p in model.parameters()]))
+    (whole, grads), *split = results
+    assert any(g.abs().sum() > 0 for g in grads)
+    for stats, micro_grads in split:
+        assert stats["loss"] == pytest.approx(whole["loss"], abs=1e-6)
+        assert stats["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+        for a, b in zip(micro_grads, grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
