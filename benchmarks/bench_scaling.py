@@ -7,8 +7,8 @@ step's rollout and update times beside the one-GPU run.
     python -m benchmarks.bench_scaling --nproc 2 --presets tiny --device cpu --pretrain-steps 4 --rl-steps 2 \\
         --rl-prompts-per-step 4 --rl-max-new-tokens 16      # a dry run of the plumbing on CPU (gloo)
 
-Any option it does not know goes to train.py unchanged. Pretraining tokens/s is the run's own figure for its
-last logged step (global tokens over elapsed time, first steps included); rollout and update seconds are means
+Any option it does not know goes to train.py unchanged. Pretraining tokens/s is the steady rate between the
+first and the last logged step (global tokens over seconds, start-up left out); rollout and update seconds are means
 over the RL steps after the first (which captures the CUDA graphs). Rollouts decode what the short-trained
 policy writes, so their lengths, and the time they take, differ a little from run to run.
 """
@@ -26,7 +26,7 @@ from curves import read_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py is, wherever this runs from
 
-SHORT_RUN = ["--pretrain-steps", "60", "--log-every", "10", "--rl-steps", "6", "--eval-problems", "0",
+SHORT_RUN = ["--pretrain-steps", "200", "--log-every", "10", "--rl-steps", "6", "--eval-problems", "0",
              "--checkpoint-every", "1000"]
 # medium's policy update keeps ~0.86 MB of activations per token: a one-GPU minibatch (128 rollouts of up to 626
 # tokens) would need ~70 GB, so it accumulates gradients over 64-row micro-batches, on 1 GPU as on N
@@ -55,7 +55,12 @@ def summarise(rows):
     pre = [r for r in rows if r.get("stage") == "pretrain"]
     rl = [r for r in rows if r.get("stage") == "rl"][1:] or [r for r in rows if r.get("stage") == "rl"]
     mean = lambda key: sum(r[key] for r in rl) / len(rl) if rl else float("nan")
-    return {"pretrain_tokens_per_s": pre[-1]["tokens_per_s"] if pre else float("nan"),
+    # steady state: the tokens and seconds between the first logged pretraining row and the last (start-up and
+    # the first steps' warm-up left out); each row has the tokens/s and seconds since pretraining began
+    tokens = lambda row: row["tokens_per_s"] * row["elapsed_s"]
+    steady = ((tokens(pre[-1]) - tokens(pre[0])) / (pre[-1]["elapsed_s"] - pre[0]["elapsed_s"])
+              if len(pre) > 1 else float("nan"))
+    return {"pretrain_tokens_per_s": steady,
             "rollout_s": mean("rollout_s"), "update_s": mean("train_s"),
             "rollout_tokens_per_s": mean("rollout_tokens_per_s")}
 
