@@ -316,6 +316,20 @@ class GRPOTrainer:
         return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
                               return_entropy=return_entropy)
 
+    @torch.no_grad()
+    def token_logprobs_by_length(self, model, tokens, real, response, chunk_rows=64):
+        """token_logprobs without a gradient, in chunks of rows of similar length, each cut after its longest row.
+        A batch of rollouts runs from tens of tokens to the cap; one pass over all of it pays for the cap on
+        every row. Cutting right padding changes no row's log-probs: attention is causal and, in eval mode, the
+        routers count no load."""
+        ends = (real * torch.arange(1, real.shape[1] + 1, device=real.device)).amax(1)  # one past each row's end
+        out = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device)
+        for rows in ends.argsort().split(chunk_rows):
+            width = int(ends[rows].max())
+            out[rows, :width - 1] = self.token_logprobs(model, tokens[rows, :width], real[rows, :width],
+                                                        response[rows, :width])
+        return out
+
     def step(self, rows):
         """rows: this rank's prompts, a list of task dicts (data.py). Returns (stats over all ranks, this rank's
         aha examples)."""
@@ -394,11 +408,10 @@ class GRPOTrainer:
         mask = response[:, 1:]
         if keep is not None:
             mask = mask & keep.to(self.device)[:, None]
-        with torch.no_grad():
-            model.eval()
-            old_logp = self.token_logprobs(model, tokens, real, response)
-            ref_logp = self.token_logprobs(self.ref, tokens, real, response) if self.ref is not None else None
-            model.train()
+        model.eval()
+        old_logp = self.token_logprobs_by_length(model, tokens, real, response)
+        ref_logp = self.token_logprobs_by_length(self.ref, tokens, real, response) if self.ref is not None else None
+        model.train()
 
         logs = []
         reduce_op = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}  # loss, pg_loss: shares that add up

@@ -13,6 +13,8 @@ Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Coun
 for (1) sample.generate (static KV cache, bf16, CUDA-graph decoding), (2) the same model without a cache (a full
 forward pass per new token), and (3) transformers' `generate` on a Mixtral-style MoE of the same shape
 (hidden size, layers, heads, 16 experts of the same width, top-2) built from a config with random weights.
+Policy update on the same workload: one no-grad log-prob pass padded to the longest row against length-sorted
+chunks, and the whole GRPO update.
 Training: tokens/s and model FLOPs utilisation of a forward+backward+AdamW step on 64 x 512 tokens, for both
 models, and the share of the step's forward time spent in the routers.
 """
@@ -177,6 +179,32 @@ def rollout_roofline(old_tree=None):
         print(f"MHA speed-up over the earlier commit: {rows[-1][2] / rows[0][2]:.1f}x")
 
 
+def update_on_rl_workload():
+    """The policy update of one RL step on the same workload (512 rollouts of the recorded lengths): the
+    behaviour-policy log-prob pass over all rows padded to the longest against the same pass in length-sorted
+    chunks (GRPOTrainer.token_logprobs_by_length), and the whole GRPOTrainer.update (old and reference passes, 4
+    minibatch steps)."""
+    from grpo import GRPOConfig, GRPOTrainer, pack_sequences
+    lengths, prompts = json.load(open(LENGTHS_FILE))["lengths"], rl_prompts()
+    g = torch.Generator().manual_seed(0)
+    completions = [torch.randint(0, 400, (n,), generator=g).tolist() for n in lengths]
+    torch.manual_seed(0)
+    model = Transformer(make_config("small")).cuda()
+    trainer = GRPOTrainer(model, GRPOConfig(), torch.device("cuda"))
+    tokens, real, response = (t.cuda() for t in pack_sequences(prompts, completions, trainer.pad_id))
+    model.eval()
+    padded = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response, chunk_rows=len(prompts)))
+    chunked = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response))
+    reward = torch.rand(len(prompts) // 8, 8, generator=g).round()
+    update = timed(lambda: trainer.update(prompts, completions, reward))
+    print(f"\nPolicy update on the RL workload: {len(prompts)} rows, {tokens.shape[1]} columns padded; "
+          f"real tokens {int(real.sum()):,} of {real.numel():,}")
+    print(f"{'step':>44} | {'s':>6}")
+    for label, dt in (("no-grad log-prob pass, one padded batch", padded),
+                      ("no-grad log-prob pass, length-sorted chunks", chunked), ("GRPOTrainer.update", update)):
+        print(f"{label:>44} | {dt:>6.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description="rollout and training speed on one GPU")
     parser.add_argument("--record-lengths", metavar="CKPT", help="first record the RL workload's lengths from CKPT")
@@ -187,6 +215,7 @@ def main():
         record_lengths(args.record_lengths, rl_prompts())
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; commit {git_commit()}")
     rollout_roofline(args.old_tree)
+    update_on_rl_workload()
     if not args.only_rollouts:
         compare_with_hf()
 

@@ -453,3 +453,26 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
         assert stats["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
         for a, b in zip(micro_grads, grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
+    """The no-grad passes (behaviour and reference log-probs) run in chunks of similar length, each cut after its
+    longest row: every response token's log-prob is the one of a single pass over the whole padded batch."""
+    from grpo import GRPOConfig, GRPOTrainer, pack_sequences
+    from model import Transformer, make_config
+
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny")).eval()
+    trainer = GRPOTrainer(model, GRPOConfig(group_size=2, kl_beta=0.0), torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (7,), generator=g)]
+    completions = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in [0, 9, 1, 4, 9, 2, 6]]
+    tokens, real, response = pack_sequences(prompts, completions, trainer.pad_id)
+    with torch.no_grad():
+        whole = trainer.token_logprobs(model, tokens, real, response)
+    mask = response[:, 1:]
+    for chunk_rows in (1, 3, 64):
+        chunked = trainer.token_logprobs_by_length(model, tokens, real, response, chunk_rows=chunk_rows)
+        assert chunked.shape == whole.shape
+        torch.testing.assert_close(chunked[mask], whole[mask], rtol=1e-5, atol=1e-5)
+        assert (chunked[mask] != 0).all()
