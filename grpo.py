@@ -317,7 +317,7 @@ class GRPOTrainer:
                               return_entropy=return_entropy)
 
     @torch.no_grad()
-    def token_logprobs_by_length(self, model, tokens, real, response, chunk_rows=64):
+    def token_logprobs_by_length(self, model, tokens, real, response, chunk_rows=128):
         """token_logprobs without a gradient, in chunks of rows of similar length, each cut after its longest row.
         A batch of rollouts runs from tens of tokens to the cap; one pass over all of it pays for the cap on
         every row. Cutting right padding changes no row's log-probs: attention is causal and, in eval mode, the
