@@ -5,6 +5,7 @@ rl.py, r1.py, train.py, distill.py); the settings of GRPO and of the corpus live
 data.py) and nest here.
 """
 
+import argparse
 import inspect
 import math
 import re
@@ -24,17 +25,24 @@ def field_help(config_class):
     return {name: comment for name, comment in found if name in names}
 
 
-def add_config_flags(parser, config_class, prefix="", skip=()):
+def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False, notes=None):
     """A flag per field of a dataclass config, --PREFIX-FIELD into dest PREFIX_FIELD, its help the field's comment
-    and default (sft.py, rejection.py and distill.py build their command lines with it; train.py's own flags
-    also carry the CPU setup's values)."""
-    comments = field_help(config_class)
+    and default (train.py, sft.py, rejection.py and distill.py build their command lines with it). only_given:
+    the parsed namespace holds only the flags given (train.py lays them over its setup's values); notes: {dest:
+    text} added to a flag's help. Returns {dest: default} of the flags added."""
+    comments, defaults = field_help(config_class), {}
     for f in fields(config_class):
         if f.name in skip:
             continue
+        dest = prefix + f.name
+        defaults[dest] = f.default
+        note = f"; {notes[dest]}" if notes and dest in notes else ""
         kind = dict(action="store_true") if isinstance(f.default, bool) else dict(type=type(f.default))
-        parser.add_argument("--" + (prefix + f.name).replace("_", "-"), dest=prefix + f.name, default=f.default,
-                            help=f"{comments.get(f.name, '')} (default: {f.default})".replace("%", "%%"), **kind)
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest,
+                            default=argparse.SUPPRESS if only_given else f.default,
+                            help=f"{comments.get(f.name, '')} (default: {f.default}{note})".replace("%", "%%"),
+                            **kind)  # argparse formats help with %
+    return defaults
 
 
 @dataclass

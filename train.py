@@ -31,7 +31,7 @@ import torch
 import data
 import distributed
 from checkpoint import git_commit
-from config import R1Config, TrainConfig, field_help
+from config import R1Config, TrainConfig, add_config_flags
 from curves import growth, plot_curves, read_rows
 from evaluate import evaluate
 from grpo import GRPOConfig
@@ -78,21 +78,11 @@ FLAG_PREFIXES = {TrainConfig: "", **dict(NESTED.values())}  # every config whose
 def parse_args(argv=None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    defaults = {}  # the GPU recipe; the namespace holds only the flags given (argument_default=SUPPRESS)
-
-    def add(name, default, comment):
-        """A flag for a field; its help is the comment on the field's line (config.field_help)."""
-        defaults[name] = default
-        help = f"{comment} (default: {default}" + (f"; cpu setup: {CPU_SETUP[name]})" if name in CPU_SETUP else ")")
-        kind = dict(action="store_true") if isinstance(default, bool) else dict(type=type(default))
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                            help=help.replace("%", "%%"), **kind)  # argparse formats help with %
-
+    defaults = {}  # the GPU recipe; the namespace holds only the flags given
+    cpu_notes = {name: f"cpu setup: {value}" for name, value in CPU_SETUP.items()}
     for config_class, prefix in FLAG_PREFIXES.items():
-        comments = field_help(config_class)
-        for f in fields(config_class):
-            if f.name not in NESTED or config_class is not TrainConfig:
-                add(prefix + f.name, getattr(config_class, f.name), comments.get(f.name, ""))
+        skip = NESTED if config_class is TrainConfig else ()
+        defaults.update(add_config_flags(parser, config_class, prefix, skip, only_given=True, notes=cpu_notes))
     given = vars(parser.parse_args(argv))
     args = {**defaults, **given}
     if args["setup"] not in ("auto", "gpu", "cpu"):
