@@ -18,6 +18,16 @@ def growth(rows, key):
     return {"first_10pct": first, "last_10pct": last, "ratio": last / first if first else float("inf")}
 
 
+def steps_to_accuracy(rows, threshold=0.7, window=10):
+    """The first RL step at which the mean rollout accuracy of the last `window` steps reaches `threshold`, or
+    None: how fast RL gets going (issue 15 compares R1's cold-started stage 2 with R1-Zero by it)."""
+    accuracy = [r["accuracy"] for r in rows]
+    for end in range(window, len(accuracy) + 1):
+        if sum(accuracy[end - window:end]) / window >= threshold:
+            return rows[end - 1]["step"]
+    return None
+
+
 def draw_curves(rows):
     """A figure of one run's learning curves from its metrics rows (used here and by the notebook)."""
     import matplotlib.pyplot as plt
@@ -108,6 +118,12 @@ def main(argv=None):
             runs[label] = read_rows(f"{run_dir}/metrics.jsonl")
         except (OSError, json.JSONDecodeError) as err:
             parser.error(f"{run_dir}/metrics.jsonl: {err}")
+    for label, rows in runs.items():
+        for stage in RL_STAGES:
+            stage_rows = [r for r in rows if r.get("stage") == stage]
+            if stage_rows:
+                print(f"{label} / {stage}: {len(stage_rows)} steps; 10-step mean accuracy first >= 0.7 at step "
+                      f"{steps_to_accuracy(stage_rows)}")
     import matplotlib
     matplotlib.use("Agg")
     save_figure(draw_comparison(runs), args.out)

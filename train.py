@@ -32,7 +32,7 @@ import data
 import distributed
 from checkpoint import git_commit
 from config import R1Config, TrainConfig, add_config_flags
-from curves import growth, plot_curves, read_rows
+from curves import growth, plot_curves, read_rows, steps_to_accuracy
 from evaluate import evaluate
 from grpo import GRPOConfig
 from pretrain import pretrain_base
@@ -209,6 +209,7 @@ def main(cfg: TrainConfig):
             if rl_rows:
                 evals[stage + "_growth"] = {key: growth(rl_rows, key)
                                             for key in ("response_len_mean", "reflection_rate", "accuracy")}
+                evals[stage + "_steps_to_70pct"] = steps_to_accuracy(rl_rows)  # 10-step mean accuracy >= 0.7
         evals["wall_time_s"] = time.time() - t_start
         json.dump(evals, open(paths["eval.json"], "w"), indent=2)
         metrics_file.close()

@@ -3,7 +3,7 @@ import json
 import matplotlib
 import pytest
 
-from curves import draw_comparison, draw_curves, growth, main
+from curves import draw_comparison, draw_curves, growth, main, steps_to_accuracy
 
 matplotlib.use("Agg")
 
@@ -22,6 +22,15 @@ def test_growth_compares_the_last_tenth_of_rl_steps_with_the_first():
     assert (g["first_10pct"], g["last_10pct"]) == (10.5, 28.5) and g["ratio"] == pytest.approx(28.5 / 10.5)
     assert growth([{"x": 0.0}, {"x": 1.0}], "x")["ratio"] == float("inf")  # nothing to grow from
     assert growth([{"x": 2.0}], "x")["ratio"] == 1.0  # one step: first and last are the same
+
+
+def test_steps_to_accuracy_is_the_first_step_whose_window_mean_reaches_the_threshold():
+    accuracy = [0.0] * 5 + [1.0] * 10  # the 10-step window ending at step 11 holds 3 zeros: mean 0.7
+    rows = [{"step": s, "accuracy": a} for s, a in enumerate(accuracy)]
+    assert steps_to_accuracy(rows) == 11
+    assert steps_to_accuracy(rows, threshold=1.0) == 14
+    assert steps_to_accuracy(rows[:9]) is None  # fewer steps than the window
+    assert steps_to_accuracy([{"step": s, "accuracy": 0.6} for s in range(30)]) is None
 
 
 def test_draw_curves_draws_every_rl_stage_as_its_own_line():
@@ -46,13 +55,14 @@ def test_draw_comparison_lays_a_runs_rl_stages_end_to_end():
     assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["R1-Zero", "R1"]
 
 
-def test_compare_cli_writes_a_png_and_refuses_a_bad_argument(tmp_path):
+def test_compare_cli_writes_a_png_and_refuses_a_bad_argument(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": "rl", "step": s, "accuracy": 0.5}) + "\n"
                                                for s in range(3)))
     main(["--compare", f"A={run}", "--out", str(tmp_path / "cmp.png")])
     assert (tmp_path / "cmp.png").stat().st_size > 0
+    assert "A / rl: 3 steps; 10-step mean accuracy first >= 0.7 at step None" in capsys.readouterr().out
     for bad in ("no-equals-sign", f"A={tmp_path / 'missing'}"):
         with pytest.raises(SystemExit):
             main(["--compare", bad, "--out", str(tmp_path / "x.png")])
