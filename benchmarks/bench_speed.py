@@ -2,7 +2,8 @@
 Speed of rollouts and training for the default model, against the HBM bound and side by side with Hugging Face.
 
     python -m benchmarks.bench_speed --old-tree DIR   # on a GPU; DIR: a checkout of an earlier commit to time too
-    python -m benchmarks.bench_speed --only-rollouts  # only the RL-workload table (no transformers needed)
+    python -m benchmarks.bench_speed --only-rollouts  # only the RL-workload tables (no transformers needed)
+    python -m benchmarks.bench_speed --only-training small medium  # the training step, eager and compiled
 
 Rollouts on the RL workload: one RL step's rollout batch (64 training prompts x 8) decoded to the response lengths
 recorded from a trained policy (benchmarks/rl_lengths.json, written by --record-lengths CKPT), timed beside the
@@ -205,15 +206,77 @@ def update_on_rl_workload():
         print(f"{label:>44} | {dt:>6.3f}")
 
 
+def gpu_busy_fraction(fn, repeats=3):
+    """Kernel time over wall time of `fn` (torch.profiler): far under 1 means the GPU waits on the host between
+    kernels (launch-bound), which CUDA graphs remove; near 1, only fewer or faster kernels help. The profiler's
+    own overhead lengthens the wall time a little, so this errs low."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    kernel_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                    for e in prof.key_averages())
+    return kernel_us / 1e6 / wall
+
+
+def training_step_variants(presets, B=64, T=512):
+    """The pretraining step (forward+backward+fused AdamW on B x T tokens, bf16 autocast) eager and under
+    torch.compile, with its MFU and the share of its time the GPU is busy."""
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), float("nan"))
+    print(f"\nTraining step variants: {B}x{T} tokens, bf16 autocast, fused AdamW; MFU against {peak / 1e12:.0f} "
+          f"TFLOP/s; GPU busy = kernel time / wall time (torch.profiler)")
+    print(f"{'preset':>7} | {'variant':>30} | {'ms/step':>8} | {'tokens/s':>10} | {'MFU':>6} | {'GPU busy':>8} | "
+          f"{'first step s':>12}")
+    for preset in presets:
+        cfg = make_config(preset)
+        tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device="cuda")
+        for label, compile_kwargs in (("eager", None), ("torch.compile", {}),
+                                      ("torch.compile, reduce-overhead", {"mode": "reduce-overhead"})):
+            torch.manual_seed(0)
+            model = Transformer(cfg).cuda().train()
+            forward = model if compile_kwargs is None else torch.compile(model, **compile_kwargs)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = forward(tokens[:, :-1])
+                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            dt = timed(step, repeats=10)
+            active = model.num_params(active=True) - 2 * cfg.vocab_size * cfg.dim
+            mfu = active_flops_per_token(active, cfg.n_layers, cfg.dim, T) * B * T / dt / peak
+            print(f"{preset:>7} | {label:>30} | {dt * 1000:>8.1f} | {B * T / dt:>10,.0f} | {mfu:>6.1%} | "
+                  f"{gpu_busy_fraction(step):>8.0%} | {first:>12.1f}", flush=True)
+            del model, forward, opt
+            torch._dynamo.reset()
+
+
 def main():
     parser = argparse.ArgumentParser(description="rollout and training speed on one GPU")
     parser.add_argument("--record-lengths", metavar="CKPT", help="first record the RL workload's lengths from CKPT")
     parser.add_argument("--old-tree", help="a checkout of an earlier commit to time its rollouts beside ours")
     parser.add_argument("--only-rollouts", action="store_true", help="skip the Hugging Face and training tables")
+    parser.add_argument("--only-training", nargs="*", metavar="PRESET",
+                        help="only the training step, eager and compiled, for these presets (default: small)")
     args = parser.parse_args()
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; commit {git_commit()}")
+    if args.only_training is not None:
+        training_step_variants(args.only_training or ["small"])
+        return
     if args.record_lengths:
         record_lengths(args.record_lengths, rl_prompts())
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; commit {git_commit()}")
     rollout_roofline(args.old_tree)
     update_on_rl_workload()
     if not args.only_rollouts:
