@@ -285,6 +285,13 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+def expert_counts(idx, n_experts):
+    """Tokens routed to each expert. torch.bincount on a GPU reads the indices' min and max back to the host, a
+    sync that stalls the launch queue of every training forward; a scatter-add on the device does not."""
+    flat = idx.flatten()
+    return torch.zeros(n_experts, dtype=torch.long, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 class Gate(nn.Module):
     """Top-k router with sigmoid affinities and an aux-loss-free balancing bias (V3 eq. 13-16)."""
 
@@ -302,14 +309,14 @@ class Gate(nn.Module):
         weights = scores.gather(-1, idx)
         weights = weights / weights.sum(-1, keepdim=True) * self.route_scale   # g_i,t
         if self.training:
-            self.load += torch.bincount(idx.flatten(), minlength=self.load.numel())
+            self.load += expert_counts(idx, self.load.numel())
         return weights.type_as(x), idx
 
     @torch.no_grad()
     def update_bias(self):
-        """b_i += gamma * sign(mean load - load_i), then forget the counts."""
-        if self.load.sum() > 0:
-            self.bias += self.rate * torch.sign(self.load.mean() - self.load)
+        """b_i += gamma * sign(mean load - load_i), then forget the counts. No load (no training forward since
+        the last update) moves nothing: sign(0) = 0, and no host sync is needed to test for it."""
+        self.bias += self.rate * torch.sign(self.load.mean() - self.load)
         self.load.zero_()
 
 
@@ -345,7 +352,7 @@ class MoE(nn.Module):
         flat_idx = idx.flatten()
         order = flat_idx.argsort(stable=True)
         token_of = order // idx.shape[1]
-        counts = torch.bincount(flat_idx, minlength=self.w1.shape[0])
+        counts = expert_counts(flat_idx, self.w1.shape[0])
         xs = x[token_of]
         if use_grouped_mm(x):
             offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group

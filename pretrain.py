@@ -43,6 +43,14 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
     model.train()
     t0, tokens_seen = time.time(), 0
+    # a non-finite loss is caught at the next log or checkpoint, not at every step: testing it there would wait for
+    # the forward pass to finish before the backward could be queued (a host sync per step)
+    nonfinite, checked = torch.zeros((), dtype=torch.bool, device=device), start_step
+
+    def check_finite(step):
+        if nonfinite.item():
+            raise FloatingPointError(f"pretraining loss is not finite at a step in {checked}..{step}; lower "
+                                     "TrainConfig.pretrain_lr")
     bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps,
                disable=not distributed.is_main())
     for step in bar:
@@ -54,8 +62,7 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         with autocast:
             logits = train_model(batch[:, :-1])
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower TrainConfig.pretrain_lr")
+        nonfinite |= ~torch.isfinite(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -63,6 +70,8 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         tokens_seen += B * T
         distributed.sum_router_load(model)  # the bias update follows the global load, the same on every rank
         if step % cfg.log_every == 0 or step == cfg.pretrain_steps - 1:
+            check_finite(step)
+            checked = step + 1
             balance = model.router_stats()
             model.update_router_bias()
             dt = time.time() - t0
@@ -74,6 +83,7 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         else:
             model.update_router_bias()
         if (step + 1) % (10 * cfg.log_every) == 0:
+            check_finite(step)  # never a checkpoint of diverged weights
             save(step + 1, opt)
 
 

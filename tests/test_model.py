@@ -73,6 +73,18 @@ def test_router_bias_moves_load_toward_balance():
     assert before > 2.0 and after < 1.3, (before, after)
 
 
+def test_expert_counts_match_bincount_and_an_idle_router_keeps_its_bias():
+    from model import expert_counts
+    idx = torch.randint(0, 8, (50, 2))
+    assert torch.equal(expert_counts(idx, 8), torch.bincount(idx.flatten(), minlength=8))
+    assert torch.equal(expert_counts(torch.zeros(3, 2, dtype=torch.long), 8), torch.tensor([6] + [0] * 7))
+    gate = tiny_model(n_layers=2, n_dense_layers=0).gates()[0]
+    gate.bias.copy_(torch.randn_like(gate.bias))
+    before = gate.bias.clone()
+    gate.update_bias()  # no training forward since the last update: no load, no move
+    assert torch.equal(gate.bias, before)
+
+
 def test_tiny_model_overfits_small_batch():
     model = tiny_model()
     tokens = torch.randint(0, 512, (4, 24))

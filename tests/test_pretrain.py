@@ -10,3 +10,23 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_a_tenth():
     assert lr_at(60, total, peak, warmup) == pytest.approx(0.55)  # halfway: 0.1 + 0.9 / 2
     assert lr_at(110, total, peak, warmup) == pytest.approx(0.1)
     assert lr_at(0, 5, peak, 0) == pytest.approx(1.0)  # no warmup
+
+
+def test_a_diverging_pretraining_stops_with_a_clear_error_and_saves_no_diverged_checkpoint():
+    """The loss is checked at log and checkpoint steps (no host sync per step): a non-finite loss in between is
+    caught there, before any checkpoint of the diverged weights."""
+    import torch
+
+    from config import TrainConfig
+    from model import Transformer, make_config
+    from pretrain import pretrain
+
+    cfg = TrainConfig(preset="tiny", device="cpu", pretrain_steps=30, pretrain_batch_size=2, pretrain_seq_len=16,
+                      pretrain_lr=1e3, pretrain_warmup=0, pretrain_unique_tokens=2000, log_every=1)
+    torch.manual_seed(0)
+    rows, saved = [], []
+    with pytest.raises(FloatingPointError, match=r"not finite at a step in \d+\.\.\d+; lower TrainConfig.pretrain_lr"):
+        pretrain(Transformer(make_config("tiny")), cfg, torch.device("cpu"), rows.append,
+                 save=lambda step, opt: saved.append(step))
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)  # nothing non-finite was logged
+    assert all(step <= rows[-1]["step"] + 1 for step in saved)  # no checkpoint after the last finite log
