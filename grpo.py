@@ -317,15 +317,15 @@ class GRPOTrainer:
                               return_entropy=return_entropy)
 
     @torch.no_grad()
-    def token_logprobs_by_length(self, model, tokens, real, response, chunk_rows=128):
-        """token_logprobs without a gradient, in chunks of rows of similar length, each cut after its longest row.
-        A batch of rollouts runs from tens of tokens to the cap; one pass over all of it pays for the cap on
-        every row. Cutting right padding changes no row's log-probs: attention is causal and, in eval mode, the
-        routers count no load."""
-        ends = (real * torch.arange(1, real.shape[1] + 1, device=real.device)).amax(1)  # one past each row's end
+    def token_logprobs_by_length(self, model, tokens, real, response, ends, chunk_rows=128):
+        """token_logprobs without a gradient, in chunks of rows of similar length, each cut after its longest row
+        (ends [N]: one past each row's last token, on the host so that slicing waits for nothing). A batch of
+        rollouts runs from tens of tokens to the cap; one pass over all of it pays for the cap on every row.
+        Cutting right padding changes no row's log-probs: attention is causal and, in eval mode, the routers
+        count no load."""
         out = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device)
         for rows in ends.argsort().split(chunk_rows):
-            width = int(ends[rows].max())
+            width, rows = int(ends[rows].max()), rows.to(tokens.device)
             out[rows, :width - 1] = self.token_logprobs(model, tokens[rows, :width], real[rows, :width],
                                                         response[rows, :width])
         return out
@@ -404,13 +404,15 @@ class GRPOTrainer:
         if W > 1:
             widths = [int(w) for w in distributed.all_reduce_([torch.tensor(widths, device=self.device)], "max")[0]]
         packed = pack_sequences(prompts, completions, self.pad_id, widths)
+        ends = widths[0] + torch.tensor([len(c) for c in completions])  # prompts end together at column P
         tokens, real, response = (t.to(self.device) for t in packed)
         mask = response[:, 1:]
         if keep is not None:
             mask = mask & keep.to(self.device)[:, None]
         model.eval()
-        old_logp = self.token_logprobs_by_length(model, tokens, real, response)
-        ref_logp = self.token_logprobs_by_length(self.ref, tokens, real, response) if self.ref is not None else None
+        old_logp = self.token_logprobs_by_length(model, tokens, real, response, ends)
+        ref_logp = (self.token_logprobs_by_length(self.ref, tokens, real, response, ends)
+                    if self.ref is not None else None)
         model.train()
 
         logs = []

@@ -193,9 +193,11 @@ def update_on_rl_workload():
     model = Transformer(make_config("small")).cuda()
     trainer = GRPOTrainer(model, GRPOConfig(), torch.device("cuda"))
     tokens, real, response = (t.cuda() for t in pack_sequences(prompts, completions, trainer.pad_id))
+    ends = max(map(len, prompts)) + torch.tensor(lengths)
     model.eval()
-    padded = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response, chunk_rows=len(prompts)))
-    chunked = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response))
+    padded = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response, ends,
+                                                             chunk_rows=len(prompts)))
+    chunked = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response, ends))
     reward = torch.rand(len(prompts) // 8, 8, generator=g).round()
     update = timed(lambda: trainer.update(prompts, completions, reward))
     print(f"\nPolicy update on the RL workload: {len(prompts)} rows, {tokens.shape[1]} columns padded; "

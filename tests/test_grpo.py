@@ -468,11 +468,12 @@ def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
     prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (7,), generator=g)]
     completions = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in [0, 9, 1, 4, 9, 2, 6]]
     tokens, real, response = pack_sequences(prompts, completions, trainer.pad_id)
+    ends = max(map(len, prompts)) + torch.tensor([len(c) for c in completions])
     with torch.no_grad():
         whole = trainer.token_logprobs(model, tokens, real, response)
     mask = response[:, 1:]
     for chunk_rows in (1, 3, 64):
-        chunked = trainer.token_logprobs_by_length(model, tokens, real, response, chunk_rows=chunk_rows)
+        chunked = trainer.token_logprobs_by_length(model, tokens, real, response, ends, chunk_rows=chunk_rows)
         assert chunked.shape == whole.shape
         torch.testing.assert_close(chunked[mask], whole[mask], rtol=1e-5, atol=1e-5)
         assert (chunked[mask] != 0).all()
