@@ -16,14 +16,16 @@ problems with the teacher's evaluation protocol (pass@1 over k samples, cons@k, 
 
     python distill.py --teacher out                          # dense-1m, dense-4m, dense-12m; seed 0
     python distill.py --teacher out --students dense-1m --seeds 0 1 2 --distill-rl-steps 40
+    CUDA_VISIBLE_DEVICES=1 python distill.py --teacher out --seeds 1   # another GPU, once teacher.jsonl exists
 
 It always resumes: a step whose output exists is skipped, and an interrupted stage continues from its own
 checkpoint. A comparison folder made with other settings is refused (use another --out-dir).
 
 Writes to --out-dir (default TEACHER/distill): teacher.jsonl, students/PRESET/seedN/ (base.pt, rl.pt,
-distilled.pt, distilled_rl.pt, the stages' resumable checkpoints, metrics.jsonl, aha.jsonl), distill.json
-(every evaluation, the rejection stats, the settings and provenance) and distill.png (held-out pass@1 vs
-student size, one line per method, the teacher as a horizontal line).
+distilled.pt, distilled_rl.pt, the stages' resumable checkpoints, metrics.jsonl, aha.jsonl, eval.json),
+distill.json (every student folder's evaluations, the teacher's, the rejection stats, the settings and
+provenance of the last run) and distill.png (held-out pass@1 vs student size, one line per method, the teacher
+as a horizontal line).
 """
 
 import argparse
@@ -142,11 +144,35 @@ def load_teacher(folder, students, device):
     return model, teacher_cfg, name, rl_steps
 
 
-def write_jsonl(path, rows):
+def write_atomic(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+        f.write(text)
     os.replace(tmp, path)  # atomic: an interrupted write leaves no half file to resume from
+
+
+def write_jsonl(path, rows):
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_json(path, obj):
+    write_atomic(path, json.dumps(obj, indent=2))
+
+
+def collect_students(out_dir):
+    """{preset: {"params": n, "seeds": {seed: {method: evaluation}}}} from every student folder's eval.json under
+    out_dir: the seeds of every run into this --out-dir, whichever process made them."""
+    students = {}
+    root = os.path.join(out_dir, "students")
+    for preset in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        seeds = {}
+        for name in sorted(os.listdir(os.path.join(root, preset))):
+            path = os.path.join(root, preset, name, "eval.json")
+            if name.startswith("seed") and os.path.exists(path):
+                seeds[name[len("seed"):]] = json.load(open(path))
+        if seeds:
+            students[preset] = {"params": Transformer(make_config(preset)).num_params(), "seeds": seeds}
+    return students
 
 # -----------------------------------------------------------------------------
 # A student: each stage writes its checkpoint, and is skipped when the checkpoint is there
@@ -157,8 +183,8 @@ class Student:
         self.dir = os.path.join(out_dir, "students", preset, f"seed{seed}")
         os.makedirs(self.dir, exist_ok=True)
         self.paths = {n: os.path.join(self.dir, n) for n in
-                      ("metrics.jsonl", "aha.jsonl", "pretrain.pt", "base.pt", "rl.pt", "distilled_sft.pt",
-                       "distilled.pt", "distilled_rl.pt")}
+                      ("metrics.jsonl", "aha.jsonl", "eval.json", "pretrain.pt", "base.pt", "rl.pt",
+                       "distilled_sft.pt", "distilled.pt", "distilled_rl.pt")}
         # the teacher's recipe with the student's preset and seed: the same corpus, token budget and GRPO settings;
         # resume=True makes run_rl continue from the stage's checkpoint
         self.cfg = replace(teacher_cfg, preset=preset, seed=seed, out_dir=self.dir, resume=True, rl_steps=rl_steps,
@@ -304,12 +330,9 @@ def run(cfg: DistillConfig):
                     "rl_steps": rl_steps, "tokenizer_sha256": tokenizer_sha256(), "commit": git_commit(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "command": shlex.join(["python", "distill.py", *sys.argv[1:]])})
-    results.setdefault("students", {})
 
     def save_results():
-        tmp = results_path + ".tmp"
-        json.dump(results, open(tmp, "w"), indent=2)
-        os.replace(tmp, results_path)
+        write_json(results_path, results)
 
     # the teacher's held-out problems (train.py draws them so) and its own evaluation protocol
     test_rows = data.problem_rows("test", eval_problems, teacher_cfg.seed, teacher_cfg.eval_data)
@@ -336,20 +359,22 @@ def run(cfg: DistillConfig):
     del teacher
     teacher_sha = hashlib.sha256(open(teacher_jsonl, "rb").read()).hexdigest()
 
-    # 2-5. each student size and seed: base, RL baseline, distilled, distilled+RL; each evaluated once made
+    # 2-5. each student size and seed: base, RL baseline, distilled, distilled+RL; each evaluated once made, into
+    # the student's own eval.json, so that runs of other seeds into this --out-dir (one per GPU, say, started once
+    # teacher.jsonl exists) add theirs without overwriting each other's
     for preset in cfg.students:
-        entry = results["students"].setdefault(preset, {"seeds": {}})
-        entry["params"] = Transformer(make_config(preset)).num_params()
         for seed in cfg.seeds:
             student = Student(preset, seed, cfg, teacher_cfg, rl_steps, device, out_dir)
             student.run(teacher_jsonl, teacher_sha)
-            evals = entry["seeds"].setdefault(str(seed), {})
+            eval_path = student.paths["eval.json"]
+            evals = json.load(open(eval_path)) if os.path.exists(eval_path) else {}
             for method in METHODS:
                 if method not in evals:
                     evals[method] = evaluate_model(student.load(method + ".pt"))
-                    save_results()
+                    write_json(eval_path, evals)
                     print(f"{preset} seed {seed} {method}:",
                           {k: v for k, v in evals[method].items() if k != "example"})
+    results["students"] = collect_students(out_dir)
     save_results()
     plot(results, os.path.join(out_dir, "distill.png"))
     print(f"done; results in {results_path}")

@@ -97,6 +97,11 @@ def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert mtimes(student) == before
     assert "teacher data" not in capsys.readouterr().out
     assert again["students"] == saved["students"] and again["teacher"] == saved["teacher"]
+    # another seed into the same folder (as a run on another GPU would) adds its student; both are in the summary
+    both = distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--seeds", "1"])
+    assert set(both["students"]["tiny"]["seeds"]) == {"0", "1"}
+    assert both["students"]["tiny"]["seeds"]["0"] == saved["students"]["tiny"]["seeds"]["0"]
+    assert json.load(open(out / "distill.json"))["students"] == both["students"]
     # other settings into the same folder are refused, not mixed in
     with pytest.raises(SystemExit, match="other settings.*sft.lr"):
         distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--sft-lr", "1e-3"])
