@@ -441,12 +441,15 @@ class GRPOTrainer:
                                                 advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
                                                 cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,
                                                 n_total=n_total)
-                        if not torch.isfinite(loss):
-                            raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
                         # This rank's loss is its share of the global minibatch's; DDP averages gradients over the
                         # W ranks, so W x the share gives the gradient of the global loss.
                         (loss * W if W > 1 else loss).backward()
                     parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[idx])})
+                # checked once the backward passes are queued, not between forward and backward (a host sync there
+                # would leave the GPU idle while the backward is launched), and before the step can apply it
+                loss = sum(p["loss"] for p in parts)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.opt.step()
                 distributed.sum_router_load(model)

@@ -477,3 +477,20 @@ def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
         assert chunked.shape == whole.shape
         torch.testing.assert_close(chunked[mask], whole[mask], rtol=1e-5, atol=1e-5)
         assert (chunked[mask] != 0).all()
+
+
+def test_a_non_finite_loss_stops_the_update_before_the_optimizer_step():
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny"))
+    trainer = GRPOTrainer(model, GRPOConfig(group_size=2, max_new_tokens=3, minibatches=1, kl_beta=0.0),
+                          torch.device("cpu"))
+    steps = []
+    trainer.opt.step = lambda: steps.append(1)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")  # every logit row mixes it in: the log-probs go NaN
+    with pytest.raises(FloatingPointError, match="GRPO loss is nan; lower GRPOConfig.lr"):
+        trainer.update([[5, 6], [5, 6]], [[7, 8], [9]], torch.tensor([[1.0, 0.0]]))
+    assert steps == []
