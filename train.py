@@ -13,7 +13,8 @@ R1-Zero reinforcement learning (GRPO, rule-based rewards) on Countdown, then eva
 Settings given on the command line always win; the setup (gpu, or cpu: CPU_SETUP) fills in the rest.
 
 Writes to --out-dir: metrics.jsonl (one JSON line per step), base.pt and rl.pt checkpoints (atomic writes),
-aha.jsonl (reflective responses that ended correct), eval.json, and PNG learning curves.
+aha.jsonl (reflective responses that ended correct), eval.json (held-out evaluations, growth over RL, steps to
+70% rollout accuracy, wall time in all and per phase), and PNG learning curves.
 """
 
 import argparse
@@ -166,8 +167,16 @@ def main(cfg: TrainConfig):
                 if device.type == "cuda" else "cpu", "torch": torch.__version__, "commit": git_commit(),
                 "command": shlex.join(["python", "train.py", *sys.argv[1:]]), "world_size": world}
 
+    phase_wall_s, t_phase = {}, [t_start]  # where this process's time went (eval.json), for the speed issue
+
+    def phase_done(name):
+        now = time.time()
+        phase_wall_s[name] = phase_wall_s.get(name, 0.0) + now - t_phase[0]
+        t_phase[0] = now
+
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)
     model = pretrain_base(cfg, device, log, paths, first_row=run_info)
+    phase_done("pretraining")  # with the corpus's generation, the model's set-up and the checkpoint
 
     evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     if "base" not in evals and cfg.eval_problems:
@@ -176,6 +185,7 @@ def main(cfg: TrainConfig):
         say("base model:", {k: v for k, v in evals["base"].items() if k != "example"})
         if main_rank:
             json.dump(evals, open(paths["eval.json"], "w"), indent=2)
+    phase_done("base_eval")
 
     if cfg.recipe == "r1":
         def evaluate_as(name, stage_model, t0):
@@ -191,16 +201,19 @@ def main(cfg: TrainConfig):
 
         # 2-5. DeepSeek-R1's stages on the base model, each evaluated on the same held-out problems
         run_r1(model, cfg, device, log, paths, evaluate_as, train_rows)
+        phase_done("r1_stages")
         rl_stages = ("rl_reasoning", "rl_final")
     else:
         # 2. R1-Zero RL on the base model
         run_rl(model, cfg, device, log, paths, train_rows)
+        phase_done("rl")
 
         # 3. Evaluate the RL model on the same held-out problems
         if cfg.rl_steps and cfg.eval_problems:
             evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens,
                                    cfg.eval_temperature, cfg.eval_top_p)
             say("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+        phase_done("rl_eval")
         rl_stages = ("rl",)
     if main_rank:
         rows = read_rows(paths["metrics.jsonl"])
@@ -211,6 +224,7 @@ def main(cfg: TrainConfig):
                                             for key in ("response_len_mean", "reflection_rate", "accuracy")}
                 evals[stage + "_steps_to_70pct"] = steps_to_accuracy(rl_rows)  # 10-step mean accuracy >= 0.7
         evals["wall_time_s"] = time.time() - t_start
+        evals["phase_wall_s"] = phase_wall_s  # this process's (a resumed run's cover only what it redid)
         json.dump(evals, open(paths["eval.json"], "w"), indent=2)
         metrics_file.close()
         plot_curves(paths["metrics.jsonl"], paths["curves.png"])

@@ -132,6 +132,9 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     evals = json.load(open(os.path.join(out, "eval.json")))
     assert {"base", "rl"} <= set(evals) and 0 <= evals["rl"]["pass@1"] <= 1
     assert 0 <= evals["base"]["language_consistency"] <= 1 and 0 <= evals["rl"]["language_consistency"] <= 1
+    phases = evals["phase_wall_s"]
+    assert list(phases) == ["pretraining", "base_eval", "rl", "rl_eval"] and min(phases.values()) > 0
+    assert sum(phases.values()) <= evals["wall_time_s"]
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     # resuming onto another device (a GPU; "meta" stands in for it here) moves the model, not the RNG state
     ckpt = load_checkpoint(os.path.join(out, "rl.pt"), device="meta")
@@ -268,6 +271,7 @@ def test_r1_recipe_end_to_end_with_crash_and_resume_in_every_stage(tmp_path, mon
     for name in ("base", "coldstart", "rl_reasoning", "rsft", "r1"):
         assert 0 <= evals[name]["pass@1"] <= 1 and 0 <= evals[name]["language_consistency"] <= 1, name
     assert set(evals["stage_wall_s"]) == {"coldstart", "rl_reasoning", "rsft", "r1"}
+    assert list(evals["phase_wall_s"]) == ["pretraining", "base_eval", "r1_stages"]
     assert {"rl_reasoning_growth", "rl_final_growth"} <= set(evals)
     for name in ("coldstart.pt", "rsft.pt"):
         assert torch.load(os.path.join(out, name), weights_only=False)["finished"]
