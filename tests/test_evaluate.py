@@ -26,3 +26,24 @@ def test_evaluate_reports_r1s_metrics_over_k_samples():
     for key in ("pass@1", "cons@3", "language_consistency"):
         assert 0 <= result[key] <= 1, key
     assert result["mean_response_tokens"] > 1 and result["example"].startswith("<think>")
+
+
+
+def test_evaluate_counts_the_format_rate_and_the_vote_on_known_answers(monkeypatch):
+    """With the decoder's answers fixed, the metrics are exact: 4 answers to one Countdown problem (target 54),
+    two right, one wrong (12), one without an answer block."""
+    import evaluate as evaluate_module
+    import rewards
+    from sample import Rollouts
+
+    answers = ["<think> Try (11 + 7) * 3. </think> <answer> (11 + 7) * 3 </answer>",
+               "<think> Try 3 * (7 + 11). </think> <answer> 3 * (7 + 11) </answer>",
+               "<think> Try (11 - 7) * 3. </think> <answer> (11 - 7) * 3 </answer>",
+               "<think> I give up </think>"]
+
+    def fixed(decoder, rows, k, *args, **kwargs):
+        return Rollouts([], [], answers, [rewards.score(t, rows[0]) for t in answers])
+    monkeypatch.setattr(evaluate_module, "rollouts", fixed)
+    result = evaluate(Transformer(make_config("tiny")), [COUNTDOWN], k=4, max_new_tokens=8, temperature=1.0,
+                      top_p=0.95)
+    assert (result["format_rate"], result["pass@1"], result["cons@4"]) == (0.75, 0.5, 1.0)
