@@ -48,7 +48,8 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     nonfinite, checked = torch.zeros((), dtype=torch.bool, device=device), start_step
 
     def check_finite(step):
-        if nonfinite.item():
+        # every rank learns of any rank's non-finite loss, so all stop here together (none waits in a collective)
+        if distributed.all_reduce_([nonfinite.float()], "max")[0].item():
             raise FloatingPointError(f"pretraining loss is not finite at a step in {checked}..{step}; lower "
                                      "TrainConfig.pretrain_lr")
     bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps,
