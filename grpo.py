@@ -291,7 +291,8 @@ class GRPOTrainer:
         self.ref = None
         if cfg.kl_beta > 0:  # the reference is the policy as RL found it (the base model), frozen
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0,
+                                     fused=device.type == "cuda")  # one kernel per step on a GPU
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.pad_id = pad_token_id()
         self.decoder = Decoder(model)  # keeps its CUDA graphs and KV cache from one step to the next

@@ -36,7 +36,8 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=device.type == "cuda")  # one kernel per step on a GPU, not a dozen passes
     if opt_state:
         opt.load_state_dict(opt_state)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -242,7 +242,8 @@ def sft(model, examples, cfg: SFTConfig, device, log=print, save=None, start_ste
     pad_id = data.pad_token_id()
     W, rank = distributed.world_size(), distributed.rank()
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")  # one kernel per step on a GPU
     if opt_state:
         opt.load_state_dict(opt_state)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
