@@ -1,8 +1,10 @@
 """
 Evaluation on held-out problems with R1's protocol (arXiv:2501.12948 sec. 3): k samples per problem at
 temperature 0.6 and top-p 0.95; pass@1 averaged over the k, and cons@k, the majority vote over the answers'
-values. Also the mean response length, reflections per response, language consistency and the format rate (the
-share of responses in the template's <think>/<answer> format). Data parallel under torchrun.
+values. Also the mean response length, reflections per response, language consistency, the format rate (the
+share of responses in the template's <think>/<answer> format), and how well the reflections check: the share of
+verifications that follow a real hit, and of rejections that reject one (rewards.check_outcomes). Data parallel
+under torchrun.
 """
 
 from collections import Counter
@@ -33,6 +35,7 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
     rows = rows[distributed.rank()::distributed.world_size()]
     batch = rollouts(Decoder(model), rows, k, max_new_tokens, temperature, top_p, batch_size)
     pass1, cons, lengths, reflections, consistency, formats = [], [], [], [], [], []
+    checks = dict.fromkeys(("true_verify", "false_verify", "true_reject", "false_reject"), 0)
     for j, row in enumerate(rows):
         texts, scores = batch.texts[j * k:(j + 1) * k], batch.scores[j * k:(j + 1) * k]
         pass1.append(sum(s.accuracy for s in scores) / k)
@@ -43,12 +46,20 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
         reflections += [s.reflections for s in scores]
         consistency += [s.language_consistency for s in scores]  # against English, the prompts' language
         formats += [s.format for s in scores]
+        if row["task"] == "countdown":
+            for text in texts:
+                for key, n in rewards.check_outcomes(text, row["target"]).items():
+                    checks[key] += n
     sums = distributed.all_reduce_metrics({"pass@1": sum(pass1), "cons": sum(cons), "tokens": sum(lengths),
                                            "reflections": sum(reflections), "consistency": sum(consistency),
-                                           "format": sum(formats)}, "sum")
+                                           "format": sum(formats), **checks}, "sum")
+    verifies, rejects = sums["true_verify"] + sums["false_verify"], sums["true_reject"] + sums["false_reject"]
     return {"pass@1": sums["pass@1"] / n_problems, f"cons@{k}": sums["cons"] / n_problems,
             "mean_response_tokens": sums["tokens"] / (n_problems * k),
             "reflections_per_response": sums["reflections"] / (n_problems * k),
             "language_consistency": sums["consistency"] / (n_problems * k),
             "format_rate": sums["format"] / (n_problems * k),
+            # do the reflections check anything? (rewards.check_outcomes; None where there were none)
+            "verify_precision": sums["true_verify"] / verifies if verifies else None,
+            "false_reject_rate": sums["false_reject"] / rejects if rejects else None,
             "problems": n_problems, "samples_per_problem": k, "example": batch.texts[0] if batch.texts else None}

@@ -27,7 +27,8 @@ A reference answer that is not such a number raises ValueError: it is a bug in t
 Reflections. `reflection_count` counts the self-reflection phrases "wait", "let me check", "re-check" /
 "recheck", "double-check", "verify", "mistake", "try again" and "hmm", and those of the corpus's second
 language (languages.py), "warte" and "pruefen" (whole words, any case). It is the "aha moment" metric logged
-during training, never part of the reward.
+during training, never part of the reward. `check_outcomes` asks whether those reflections check anything: each
+"Wait, v is not T." and "Let me verify: v = T." of a Countdown answer, judged by the value v against the target.
 
 Language consistency (DeepSeek-R1 sec. 2.3.2). `language_consistency(text, language)` is "the proportion of
 target language words in the CoT": the CoT is what precedes the first "</think>" (all of the turn if it never
@@ -49,7 +50,7 @@ import re
 from fractions import Fraction
 from typing import NamedTuple
 
-from languages import LEXICONS, WORD_RE
+from languages import LEXICONS, PHRASES, WORD_RE
 from template import ANSWER, ANSWER_END, EOT, TAGS, THINK, THINK_END
 
 FORMAT_RE = re.compile(rf"\s*{THINK}.*{THINK_END}\s*{ANSWER}(.*){ANSWER_END}\s*", re.DOTALL)  # no tag needs escaping
@@ -192,6 +193,28 @@ def reflection_count(text: str) -> int:
     """Occurrences of self-reflection phrases, whole words, any case. One alternation scanned left to right,
     so each phrase counts once ("let me check" is one phrase, never also another)."""
     return len(REFLECTION_RE.findall(text))
+
+
+# A check in the corpus's reflect style, either language: a candidate's last step "= v." followed by a rejection
+# "Wait, v is not T." or a verification "Let me verify: v = T."
+_phrases = lambda name: "|".join(re.escape(phrases[name]) for phrases in PHRASES.values())
+CHECK_RE = re.compile(rf"= (\d+)\. (?:(?:{_phrases('wait')}), \d+ (?:{_phrases('is_not')}) \d+"
+                      rf"|({_phrases('verify')}): )")
+
+
+def check_outcomes(text: str, target: int) -> dict:
+    """Whether a Countdown answer's reflections check what they claim: each verification or rejection is judged
+    by the value v it follows against the real target (not the number the text writes after it). A verification
+    of v != target is a false accept ("Let me verify: 15 = 15." on a problem for 9), a rejection of v == target a
+    false reject. Counts of true_verify, false_verify, true_reject, false_reject."""
+    out = dict.fromkeys(("true_verify", "false_verify", "true_reject", "false_reject"), 0)
+    for value, verify in CHECK_RE.findall(text):
+        hit = int(value) == target
+        if verify:
+            out["true_verify" if hit else "false_verify"] += 1
+        else:
+            out["false_reject" if hit else "true_reject"] += 1
+    return out
 
 # -----------------------------------------------------------------------------
 # Language consistency: R1's reward against language mixing (sec. 2.3.2), and the metric of mixing itself

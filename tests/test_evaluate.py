@@ -47,3 +47,11 @@ def test_evaluate_counts_the_format_rate_and_the_vote_on_known_answers(monkeypat
     result = evaluate(Transformer(make_config("tiny")), [COUNTDOWN], k=4, max_new_tokens=8, temperature=1.0,
                       top_p=0.95)
     assert (result["format_rate"], result["pass@1"], result["cons@4"]) == (0.75, 0.5, 1.0)
+    assert result["verify_precision"] is None and result["false_reject_rate"] is None  # no checks in these
+    answers[:2] = ["<think> Try (11 - 7) * 3: 11 - 7 = 4, 4 * 3 = 12. Let me verify: 12 = 12. </think> "
+                   "<answer> (11 - 7) * 3 </answer>",
+                   "<think> Try 3 * 7 + 11: 3 * 7 = 21, 21 + 11 = 32. Wait, 32 is not 54. Try (11 + 7) * 3: "
+                   "11 + 7 = 18, 18 * 3 = 54. Let me verify: 54 = 54. </think> <answer> (11 + 7) * 3 </answer>"]
+    result = evaluate(Transformer(make_config("tiny")), [COUNTDOWN], k=4, max_new_tokens=8, temperature=1.0,
+                      top_p=0.95)
+    assert (result["verify_precision"], result["false_reject_rate"]) == (0.5, 0.0)

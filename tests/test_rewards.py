@@ -420,3 +420,14 @@ def test_random_expressions_are_scored_exactly(problem):
     assert countdown_reward(turn(expr), numbers + [1], value) == 0.0   # a number left unused
     if len(numbers) > 1:
         assert countdown_reward(turn(expr), numbers[1:], value) == 0.0  # a number used twice or not given
+
+
+def test_check_outcomes_judge_each_check_by_the_value_against_the_target():
+    from rewards import check_outcomes
+    text = ("<think> Try 8 + 6 + 1: 8 + 6 = 14, 14 + 1 = 15. Let me verify: 15 = 15. "  # false accept (target 9)
+            "Try 3 * 3: 3 * 3 = 9. Wait, 9 is not 9. "                                 # false reject
+            "Versuche 2 * 5: 2 * 5 = 10. Warte, 10 ist nicht 9. "                      # true reject, German
+            "Try 3 * 3: 3 * 3 = 9. Let me verify: 9 = 9. </think> <answer> 3 * 3 </answer>")  # true accept
+    assert check_outcomes(text, 9) == {"true_verify": 1, "false_verify": 1, "true_reject": 1, "false_reject": 1}
+    assert check_outcomes(text, 15) == {"true_verify": 1, "false_verify": 1, "true_reject": 2, "false_reject": 0}
+    assert set(check_outcomes("<think> Guess: 3 * 3. </think> <answer> 3 * 3 </answer>", 9).values()) == {0}
