@@ -35,7 +35,7 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
     rows = rows[distributed.rank()::distributed.world_size()]
     batch = rollouts(Decoder(model), rows, k, max_new_tokens, temperature, top_p, batch_size)
     pass1, cons, lengths, reflections, consistency, formats = [], [], [], [], [], []
-    checks = dict.fromkeys(("true_verify", "false_verify", "true_reject", "false_reject"), 0)
+    checks = dict.fromkeys(rewards.CHECK_OUTCOMES, 0)
     for j, row in enumerate(rows):
         texts, scores = batch.texts[j * k:(j + 1) * k], batch.scores[j * k:(j + 1) * k]
         pass1.append(sum(s.accuracy for s in scores) / k)

@@ -202,12 +202,15 @@ CHECK_RE = re.compile(rf"= (\d+)\. (?:(?:{_phrases('wait')}), \d+ (?:{_phrases('
                       rf"|({_phrases('verify')}): )")
 
 
+CHECK_OUTCOMES = ("true_verify", "false_verify", "true_reject", "false_reject")
+
+
 def check_outcomes(text: str, target: int) -> dict:
     """Whether a Countdown answer's reflections check what they claim: each verification or rejection is judged
     by the value v it follows against the real target (not the number the text writes after it). A verification
     of v != target is a false accept ("Let me verify: 15 = 15." on a problem for 9), a rejection of v == target a
     false reject. Counts of true_verify, false_verify, true_reject, false_reject."""
-    out = dict.fromkeys(("true_verify", "false_verify", "true_reject", "false_reject"), 0)
+    out = dict.fromkeys(CHECK_OUTCOMES, 0)
     for value, verify in CHECK_RE.findall(text):
         hit = int(value) == target
         if verify:

@@ -171,7 +171,7 @@ def main(cfg: TrainConfig):
 
     def phase_done(name):
         now = time.time()
-        phase_wall_s[name] = phase_wall_s.get(name, 0.0) + now - t_phase[0]
+        phase_wall_s[name] = now - t_phase[0]
         t_phase[0] = now
 
     # 1. Base model: pretrain from scratch (or pick up the finished/interrupted one)

@@ -226,6 +226,22 @@ def gpu_busy_fraction(fn, repeats=3):
     return kernel_us / 1e6 / wall
 
 
+def training_step(forward, params, tokens):
+    """One training step (forward+backward+fused AdamW, bf16 autocast, next-token loss on tokens [B, T + 1]) as
+    a function to time; forward returns logits, or an output with .logits (Hugging Face)."""
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = forward(tokens[:, :-1])
+            logits = out if torch.is_tensor(out) else out.logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def training_step_variants(presets, B=64, T=512):
     """The pretraining step (forward+backward+fused AdamW on B x T tokens, bf16 autocast) eager and under
     torch.compile, with its MFU and the share of its time the GPU is busy."""
@@ -243,15 +259,7 @@ def training_step_variants(presets, B=64, T=512):
             torch.manual_seed(0)
             model = Transformer(cfg).cuda().train()
             forward = model if compile_kwargs is None else torch.compile(model, **compile_kwargs)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = forward(tokens[:, :-1])
-                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            step = training_step(forward, model.parameters(), tokens)
             t0 = time.perf_counter()
             step()
             torch.cuda.synchronize()
@@ -261,7 +269,7 @@ def training_step_variants(presets, B=64, T=512):
             mfu = active_flops_per_token(active, cfg.n_layers, cfg.dim, T) * B * T / dt / peak
             print(f"{preset:>7} | {label:>30} | {dt * 1000:>8.1f} | {B * T / dt:>10,.0f} | {mfu:>6.1%} | "
                   f"{gpu_busy_fraction(step):>8.0%} | {first:>12.1f}", flush=True)
-            del model, forward, opt
+            del model, forward, step
             torch._dynamo.reset()
 
 
@@ -326,16 +334,7 @@ def compare_with_hf():
     results = []
     for label, model in (("nanoR1", ours), ("HF Mixtral", hf_train)):
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(tokens[:, :-1])
-                logits = out if torch.is_tensor(out) else out.logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        step = training_step(model, model.parameters(), tokens)
         dt = timed(step, repeats=5)
         if label == "nanoR1":
             active = ours_active
@@ -345,7 +344,7 @@ def compare_with_hf():
                 cfg.n_routed_experts - cfg.n_activated_experts) * per_expert
         flops = active_flops_per_token(active, cfg.n_layers, cfg.dim, T) * B * T
         results.append((label, B * T / dt, flops / dt / peak if peak else float("nan"), dt))
-        del opt
+        del step
 
     # router share of our forward: CUDA events around every Gate call
     events = []
