@@ -257,20 +257,23 @@ class Student:
 
 
 def plot(results, out_png):
-    """Held-out pass@1 vs student parameters (mean over seeds), one line per method; the teacher as a line."""
+    """Held-out pass@1 vs student parameters: one line per method through the seeds' mean, each seed a dot; the teacher
+    as a line."""
     import matplotlib
     matplotlib.use("Agg")  # a file, no display
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     sizes = sorted(results["students"].items(), key=lambda item: item[1]["params"])
     for method in METHODS:
-        pts = []
+        means, seeds = [], []
         for _, student in sizes:
             scores = [evals[method]["pass@1"] for evals in student["seeds"].values() if method in evals]
             if scores:
-                pts.append((student["params"], sum(scores) / len(scores)))
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=method.replace("_", "+"))
+                means.append((student["params"], sum(scores) / len(scores)))
+                seeds += [(student["params"], score) for score in scores]
+        if means:
+            line, = ax.plot(*zip(*means), marker="o", label=method.replace("_", "+"))
+            ax.scatter(*zip(*seeds), color=line.get_color(), alpha=0.35, s=14)  # seeds can differ a lot
     if "teacher" in results:
         ax.axhline(results["teacher"]["pass@1"], color="black", linestyle="--",
                    label=f"teacher ({results['teacher_checkpoint']})")
