@@ -16,12 +16,13 @@ problems with the teacher's evaluation protocol (pass@1 over k samples, cons@k, 
 
     python distill.py --teacher out                          # dense-1m, dense-4m, dense-12m; seed 0
     python distill.py --teacher out --students dense-1m --seeds 0 1 2 --distill-rl-steps 40
-    CUDA_VISIBLE_DEVICES=1 python distill.py --teacher out --seeds 1   # another GPU, once teacher.jsonl exists
+    CUDA_VISIBLE_DEVICES=1 python distill.py --teacher out --seeds 1   # another GPU, once teacher_eval.json exists
 
 It always resumes: a step whose output exists is skipped, and an interrupted stage continues from its own
 checkpoint. A comparison folder made with other settings is refused (use another --out-dir).
 
-Writes to --out-dir (default TEACHER/distill): teacher.jsonl, students/PRESET/seedN/ (base.pt, rl.pt,
+Writes to --out-dir (default TEACHER/distill): teacher.jsonl, rejection.json (its stats), teacher_eval.json,
+students/PRESET/seedN/ (base.pt, rl.pt,
 distilled.pt, distilled_rl.pt, the stages' resumable checkpoints, metrics.jsonl, aha.jsonl, eval.json),
 distill.json (every student folder's evaluations, the teacher's, the rejection stats, the settings and
 provenance of the last run) and distill.png (held-out pass@1 vs student size, one line per method, the teacher
@@ -323,6 +324,10 @@ def run(cfg: DistillConfig):
     out_dir = cfg.out_dir or os.path.join(cfg.teacher, "distill")
     os.makedirs(out_dir, exist_ok=True)
     results_path, teacher_jsonl = os.path.join(out_dir, "distill.json"), os.path.join(out_dir, "teacher.jsonl")
+    # what is made once for all students has a file of its own, written by whichever process makes it first, so that
+    # processes started later (other seeds, other GPUs) read it rather than make it again
+    rejection_path = os.path.join(out_dir, "rejection.json")
+    teacher_eval_path = os.path.join(out_dir, "teacher_eval.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
     if results:
         changed = changed_settings(results["config"], asdict(cfg))
@@ -351,20 +356,20 @@ def run(cfg: DistillConfig):
             examples, stats = rejection_sample(teacher, rows, cfg.rejection)
         except ValueError as err:
             raise SystemExit(f"teacher data: {err}") from None
+        write_json(rejection_path, stats)  # before teacher.jsonl: its existence says both are done
         write_jsonl(teacher_jsonl, examples)
-        results["rejection"] = stats
-        save_results()
         print("teacher data:", json.dumps(stats))
-    if "teacher" not in results:
-        results["teacher"] = evaluate_model(teacher)
-        save_results()
-        print("teacher:", {k: v for k, v in results["teacher"].items() if k != "example"})
+    if not os.path.exists(teacher_eval_path):
+        write_json(teacher_eval_path, evaluate_model(teacher))
+        print("teacher:", {k: v for k, v in json.load(open(teacher_eval_path)).items() if k != "example"})
+    results.update(rejection=json.load(open(rejection_path)), teacher=json.load(open(teacher_eval_path)))
+    save_results()
     del teacher
     teacher_sha = hashlib.sha256(open(teacher_jsonl, "rb").read()).hexdigest()
 
     # 2-5. each student size and seed: base, RL baseline, distilled, distilled+RL; each evaluated once made, into
     # the student's own eval.json, so that runs of other seeds into this --out-dir (one per GPU, say, started once
-    # teacher.jsonl exists) add theirs without overwriting each other's
+    # teacher_eval.json exists) add theirs without overwriting each other's
     for preset in cfg.students:
         for seed in cfg.seeds:
             student = Student(preset, seed, cfg, teacher_cfg, rl_steps, device, out_dir)
@@ -396,8 +401,8 @@ def parse_args(argv=None) -> DistillConfig:
     add_config_flags(parser, DistillConfig, skip=("teacher", "students", "seeds", "sft", "rejection"))
     # the nested configs' fields get a prefix: --sft-lr sets sft.lr, --reject-temperature sets rejection.temperature
     nested = {"sft": (SFTConfig, "sft_"), "rejection": (RejectionConfig, "reject_")}
-    for name, (config_class, prefix) in nested.items():
-        add_config_flags(parser, config_class, prefix, skip=("seed",) if name == "sft" else ())  # SFT: each student's seed
+    for name, (config_class, prefix) in nested.items():  # (SFT's seed is each student's seed)
+        add_config_flags(parser, config_class, prefix, skip=("seed",) if name == "sft" else ())
     args = vars(parser.parse_args(argv))
     sub = {name: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)
                                  if prefix + f.name in args})

@@ -97,8 +97,14 @@ def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert mtimes(student) == before
     assert "teacher data" not in capsys.readouterr().out
     assert again["students"] == saved["students"] and again["teacher"] == saved["teacher"]
-    # another seed into the same folder (as a run on another GPU would) adds its student; both are in the summary
+    # another seed into the same folder (as a run on another GPU would) adds its student; both are in the summary.
+    # It reuses the teacher's data and evaluation from their own files, even when it started before distill.json
+    # held them (processes started together)
+    os.remove(out / "distill.json")
     both = distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--seeds", "1"])
+    printed = capsys.readouterr().out
+    assert "teacher data:" not in printed and "teacher:" not in printed  # neither made again
+    assert both["teacher"] == saved["teacher"] and both["rejection"] == saved["rejection"]
     assert set(both["students"]["tiny"]["seeds"]) == {"0", "1"}
     assert both["students"]["tiny"]["seeds"]["0"] == saved["students"]["tiny"]["seeds"]["0"]
     assert json.load(open(out / "distill.json"))["students"] == both["students"]
