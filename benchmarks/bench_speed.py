@@ -212,6 +212,7 @@ def gpu_busy_fraction(fn, repeats=3):
     """Kernel time over wall time of `fn` (torch.profiler): far under 1 means the GPU waits on the host between
     kernels (launch-bound), which CUDA graphs remove; near 1, only fewer or faster kernels help. The profiler's
     own overhead lengthens the wall time a little, so this errs low."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     fn()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -221,8 +222,8 @@ def gpu_busy_fraction(fn, repeats=3):
             fn()
         torch.cuda.synchronize()
         wall = time.perf_counter() - t
-    kernel_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-                    for e in prof.key_averages())
+    # the device's own events only (kernels, copies): an operator's entry also counts the kernels it launched
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
     return kernel_us / 1e6 / wall
 
 
