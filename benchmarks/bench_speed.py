@@ -78,6 +78,11 @@ def active_flops_per_token(n_active_params, n_layers, dim, seq_len):
     return 6 * n_active_params + 6 * n_layers * dim * seq_len
 
 
+def matmul_params(model):
+    """A token's active parameters that do matmuls: all but the embedding and output tables."""
+    return model.num_params(active=True) - 2 * model.cfg.vocab_size * model.cfg.dim
+
+
 # -----------------------------------------------------------------------------
 # Rollouts on the RL workload against the HBM bound
 
@@ -266,8 +271,7 @@ def training_step_variants(presets, B=64, T=512):
             torch.cuda.synchronize()
             first = time.perf_counter() - t0
             dt = timed(step, repeats=10)
-            active = model.num_params(active=True) - 2 * cfg.vocab_size * cfg.dim
-            mfu = active_flops_per_token(active, cfg.n_layers, cfg.dim, T) * B * T / dt / peak
+            mfu = active_flops_per_token(matmul_params(model), cfg.n_layers, cfg.dim, T) * B * T / dt / peak
             print(f"{preset:>7} | {label:>30} | {dt * 1000:>8.1f} | {B * T / dt:>10,.0f} | {mfu:>6.1%} | "
                   f"{gpu_busy_fraction(step):>8.0%} | {first:>12.1f}", flush=True)
             del model, forward, step
@@ -304,7 +308,6 @@ def compare_with_hf():
     cfg = make_config("small")
     ours = Transformer(cfg).cuda()
     hf = hf_mixtral(cfg).cuda().to(torch.bfloat16).eval()
-    ours_active = ours.num_params(active=True) - 2 * cfg.vocab_size * cfg.dim
     hf_total = sum(p.numel() for p in hf.parameters())
     print(f"nanoR1 small: {ours.num_params() / 1e6:.1f}M params ({ours.num_params(active=True) / 1e6:.1f}M active); "
           f"HF Mixtral: {hf_total / 1e6:.1f}M params")
@@ -338,7 +341,7 @@ def compare_with_hf():
         step = training_step(model, model.parameters(), tokens)
         dt = timed(step, repeats=5)
         if label == "nanoR1":
-            active = ours_active
+            active = matmul_params(ours)
         else:
             per_expert = 3 * cfg.dim * cfg.moe_hidden
             active = hf_total - 2 * cfg.vocab_size * cfg.dim - cfg.n_layers * (
