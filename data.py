@@ -53,7 +53,7 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tiktoken
 
@@ -315,6 +315,9 @@ class CorpusConfig:
     max_attempts: int = 10       # the reflect style gives up after this many misses
     p_second_language_reflect: float = 0.0  # share of reflect responses reasoning in the second language
     p_second_language_other: float = 0.0    # share of guess and try responses reasoning in the second language
+    # p_reflect times this in a document's first turn, the position of RL's prompts: below 1, a model can learn
+    # reflection's checks from the later turns while its first answers, where RL starts, seldom reflect
+    first_turn_reflect_scale: float = 1.0
 
     def validate(self):
         for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",
@@ -325,6 +328,9 @@ class CorpusConfig:
             raise ValueError("CorpusConfig.p_try + CorpusConfig.p_reflect must be <= 1 (the rest are guesses)")
         if self.max_attempts < 1:
             raise ValueError("CorpusConfig.max_attempts must be >= 1")
+        if self.first_turn_reflect_scale < 0 or self.p_try + self.p_reflect * self.first_turn_reflect_scale > 1:
+            raise ValueError("CorpusConfig.first_turn_reflect_scale must be >= 0 and keep p_try + the first turn's "
+                             "p_reflect <= 1")
 
 
 def _candidate(rng, problem, correct):
@@ -375,15 +381,17 @@ def corpus_document(rng, problems=None, cfg=CorpusConfig()):
     same every time, so a document shows it once and packs several solved problems after it; the first turn
     is exactly what GRPO prompts look like."""
     problems = problems or countdown_problems("pretrain")
+    first_cfg = cfg if cfg.first_turn_reflect_scale == 1 else replace(
+        cfg, p_reflect=cfg.p_reflect * cfg.first_turn_reflect_scale)
     turns = []
-    for _ in range(rng.randint(1, 8)):
+    for i in range(rng.randint(1, 8)):
         if rng.random() < cfg.p_arithmetic:
             e = arithmetic_expression(rng)
             turns.append((arithmetic_question(e.text), arithmetic_response(e)))
         else:
             numbers, target = rng.choice(problems)
             question = countdown_row(numbers, target, rng)["question"]
-            turns.append((question, countdown_response(rng, (numbers, target), cfg)))
+            turns.append((question, countdown_response(rng, (numbers, target), first_cfg if i == 0 else cfg)))
     doc = make_prompt(turns[0][0]) + turns[0][1]
     for question, response in turns[1:]:
         doc += f" User: {question} Assistant: {THINK}{response}"

@@ -168,3 +168,23 @@ def test_second_language_reasoning():
         for bad in (-0.1, 1.5):
             with pytest.raises(ValueError, match=f"CorpusConfig.{name} must be a probability"):
                 data.CorpusConfig(**{name: bad}).validate()
+
+
+def test_first_turn_reflect_scale():
+    def reflect_shares(cfg):
+        """Shares of reflect answers among Countdown answers in documents' first turns and in their later turns."""
+        rng, counts = random.Random(0), {True: [0, 0], False: [0, 0]}
+        for _ in range(1500):
+            turns = data.corpus_document(rng, cfg=cfg).split(" User: ")[1:]  # [0] is the template's own text
+            for i, turn in enumerate(turns):
+                if "Using the numbers" in turn:
+                    counts[i == 0][0] += "Wait" in turn or "verify" in turn
+                    counts[i == 0][1] += 1
+        return counts[True][0] / counts[True][1], counts[False][0] / counts[False][1]
+    first, later = reflect_shares(data.CorpusConfig(p_reflect=0.4, first_turn_reflect_scale=0.25))
+    assert 0.07 < first < 0.13 and 0.36 < later < 0.44
+    first, later = reflect_shares(data.CorpusConfig(p_reflect=0.4))
+    assert 0.36 < first < 0.44 and 0.36 < later < 0.44
+    for scale in (-0.5, 2.0):  # 0.4 * 2 + p_try 0.25 > 1
+        with pytest.raises(ValueError, match="first_turn_reflect_scale"):
+            data.CorpusConfig(p_reflect=0.4, first_turn_reflect_scale=scale).validate()
