@@ -315,9 +315,9 @@ class CorpusConfig:
     max_attempts: int = 10       # the reflect style gives up after this many misses
     p_second_language_reflect: float = 0.0  # share of reflect responses reasoning in the second language
     p_second_language_other: float = 0.0    # share of guess and try responses reasoning in the second language
-    # p_reflect times this in a document's first turn, the position of RL's prompts: below 1, a model can learn
-    # reflection's checks from the later turns while its first answers, where RL starts, seldom reflect
-    first_turn_reflect_scale: float = 1.0
+    # below 1, a model can learn reflection's checks from later turns while its first answers, where RL starts, seldom
+    # reflect
+    first_turn_reflect_scale: float = 1.0   # p_reflect times this in a document's first turn (RL prompts' position)
 
     def validate(self):
         for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",
