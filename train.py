@@ -46,14 +46,15 @@ from rl import run_rl
 # (documents average ~380 tokens), at most 6 attempts per reflect answer (so answers fit 256 new tokens), candidates
 # right more often (a weaker base otherwise), fewer prompts per RL step, and a smaller held-out evaluation (100
 # problems x 4 samples). Reflection only pays if the base can tell a hit from a miss ("Wait, v is not T" vs "Let me
-# verify"), which a 0.8M model learns only from many reflect documents: 4x the GPU corpus's share and 3000 steps
-# (~35 minutes on 2 cores). Even so it is a coin flip per seed: in 7 of 8 seeds run on a GPU, 60 RL steps then
-# gained -1 to +26 points (3 of 7 over 19); where the base cannot compare, RL drops reflection for guesses
+# verify"), which a 0.8M model learns only from many reflect answers (6x the GPU corpus's share, 3000 steps); and RL
+# only has reflection to amplify if the base seldom reflects where RL asks. So the reflect answers sit in documents'
+# later turns: a first turn, the position of RL's prompts, reflects 10% of the time as in the GPU corpus
 # (results/cpu).
 CPU_SETUP = {
     "preset": "cpu", "pretrain_steps": 3000, "pretrain_batch_size": 32, "pretrain_seq_len": 256,
     "pretrain_lr": 3e-3, "pretrain_warmup": 50,
-    "corpus_p_reflect": 0.4, "corpus_max_attempts": 6, "corpus_p_correct": 0.25,
+    "corpus_p_reflect": 0.6, "corpus_first_turn_reflect_scale": 0.1667, "corpus_max_attempts": 6,
+    "corpus_p_correct": 0.25,
     "rl_steps": 60, "rl_prompts_per_step": 16, "rl_max_new_tokens": 256, "rl_lr": 2e-4,
     "eval_problems": 100, "eval_samples": 4, "checkpoint_every": 10,
 }
