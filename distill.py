@@ -22,11 +22,10 @@ It always resumes: a step whose output exists is skipped, and an interrupted sta
 checkpoint. A comparison folder made with other settings is refused (use another --out-dir).
 
 Writes to --out-dir (default TEACHER/distill): teacher.jsonl, rejection.json (its stats), teacher_eval.json,
-students/PRESET/seedN/ (base.pt, rl.pt,
-distilled.pt, distilled_rl.pt, the stages' resumable checkpoints, metrics.jsonl, aha.jsonl, eval.json),
-distill.json (every student folder's evaluations, the teacher's, the rejection stats, the settings and
-provenance of the last run) and distill.png (held-out pass@1 vs student size, one line per method, the teacher
-as a horizontal line).
+students/PRESET/seedN/ (base.pt, rl.pt, distilled.pt, distilled_rl.pt, the stages' resumable checkpoints,
+metrics.jsonl, aha.jsonl, eval.json), distill.json (every student folder's evaluations, the teacher's, the
+rejection stats, the settings and provenance of the last run) and distill.png (held-out pass@1 vs student size,
+one line per method, the teacher as a horizontal line).
 """
 
 import argparse
@@ -360,8 +359,9 @@ def run(cfg: DistillConfig):
         write_jsonl(teacher_jsonl, examples)
         print("teacher data:", json.dumps(stats))
     if not os.path.exists(teacher_eval_path):
-        write_json(teacher_eval_path, evaluate_model(teacher))
-        print("teacher:", {k: v for k, v in json.load(open(teacher_eval_path)).items() if k != "example"})
+        evaluation = evaluate_model(teacher)
+        write_json(teacher_eval_path, evaluation)
+        print("teacher:", {k: v for k, v in evaluation.items() if k != "example"})
     results.update(rejection=json.load(open(rejection_path)), teacher=json.load(open(teacher_eval_path)))
     save_results()
     del teacher
