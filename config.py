@@ -103,6 +103,7 @@ class TrainConfig:
     pretrain_seq_len: int = 512         # tokens per window of the packed corpus stream
     pretrain_lr: float = 2e-3           # peak learning rate (AdamW), then cosine down to 10%
     pretrain_warmup: int = 100          # steps of linear warmup
+    pretrain_eager: bool = False        # pretrain without torch.compile (on a GPU the forward is compiled)
     pretrain_unique_tokens: int = 20_000_000  # corpus tokens generated, then cycled
     # R1-Zero RL
     rl_steps: int = 120                 # GRPO steps of R1-Zero's RL

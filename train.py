@@ -49,12 +49,12 @@ from rl import run_rl
 # verify"), which a 0.8M model learns only from many reflect answers (6x the GPU corpus's share, 3000 steps); and RL
 # only has reflection to amplify if the base seldom reflects where RL asks. So the reflect answers sit in documents'
 # later turns: a first turn, the position of RL's prompts, reflects 10% of the time as in the GPU corpus
-# (results/cpu).
+# (results/cpu). All of it in English: the GPU corpus's German reflection is there for R1's language study.
 CPU_SETUP = {
     "preset": "cpu", "pretrain_steps": 3000, "pretrain_batch_size": 32, "pretrain_seq_len": 256,
     "pretrain_lr": 3e-3, "pretrain_warmup": 50,
     "corpus_p_reflect": 0.6, "corpus_first_turn_reflect_scale": 0.1667, "corpus_max_attempts": 6,
-    "corpus_p_correct": 0.25,
+    "corpus_p_correct": 0.25, "corpus_p_second_language_reflect": 0.0,
     "rl_steps": 60, "rl_prompts_per_step": 16, "rl_max_new_tokens": 256, "rl_lr": 2e-4,
     "eval_problems": 100, "eval_samples": 4, "checkpoint_every": 10,
 }

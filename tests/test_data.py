@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import data
+import rewards
+from languages import PHRASES
 from rewards import language_consistency
 
 
@@ -67,19 +69,26 @@ def test_dataset_and_corpus_deterministic_per_seed():
     assert f"equals {row['target']}" in row["question"] and row["task"] == "countdown"
 
 
+def is_reflect(text):
+    """A reflect-style answer, in either language: it says Wait, or it verifies its first candidate."""
+    return any(p["wait"] in text or p["verify"] in text for p in PHRASES.values())
+
+
 def test_corpus_styles_and_rates():
     rng = random.Random(0)
     problem = ((3, 7, 11), 54)
     styles = [data.countdown_response(rng, problem).split(":")[0].split()[0] for _ in range(4000)]
-    reflect = sum("Wait" in r or "verify" in r for r in
-                  (data.countdown_response(random.Random(i), problem) for i in range(4000))) / 4000
+    reflective = [r for r in (data.countdown_response(random.Random(i), problem) for i in range(4000))
+                  if is_reflect(r)]
     assert 0.6 < styles.count("Guess") / 4000 < 0.8
-    assert 0.07 < reflect < 0.13
+    assert 0.07 < len(reflective) / 4000 < 0.13
+    german = sum(language_consistency(r.split("<answer>")[0]) < 0.5 for r in reflective) / len(reflective)
+    assert 0.85 < german < 0.95  # the default corpus's p_second_language_reflect: 0.9
     always = data.CorpusConfig(p_reflect=1.0)
     for i in range(50):  # the reflect style ends on a solution unless it gives up after max_attempts
         text = data.countdown_response(random.Random(i), problem, always)
         answer = text.split("<answer>")[1].split("</answer>")[0].strip()
-        assert value_of(answer) == 54 or text.count("Wait") == always.max_attempts
+        assert value_of(answer) == 54 or rewards.reflection_count(text) == always.max_attempts
     doc = data.corpus_document(random.Random(0))
     assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and doc.endswith(data.EOT)
 
@@ -133,9 +142,11 @@ def test_corpus_never_shows_rl_or_test_problems():
 
 def test_default_corpus_unchanged_byte_for_byte():
     # sha256 of str(corpus_tokens(1, seed=0)) (one batch of 1024 documents) computed at commit 7104019, before
-    # the second-language options existed: models pretrained since then saw exactly this stream
-    for cfg, digest in ((data.CorpusConfig(), "442e66b27acd59551f8c6f1756be717702d44bf94391ad7599f2946c8ef1a900"),
-                        (data.CorpusConfig(p_reflect=0.5, p_correct=0.3),
+    # the second-language options existed: the English corpus (the default until issue 15, the CPU setup's since)
+    # is exactly the stream its models saw
+    english = dict(p_second_language_reflect=0.0)
+    for cfg, digest in ((data.CorpusConfig(**english), "442e66b27acd59551f8c6f1756be717702d44bf94391ad7599f2946c8ef1a900"),
+                        (data.CorpusConfig(p_reflect=0.5, p_correct=0.3, **english),
                          "baefff8a407485fd55383121d6509a4195c2ec53b41e82c21970a4b7e22d8127")):
         assert hashlib.sha256(str(data.corpus_tokens(1, seed=0, cfg=cfg)).encode()).hexdigest() == digest
 
@@ -178,7 +189,7 @@ def test_first_turn_reflect_scale():
             turns = data.corpus_document(rng, cfg=cfg).split(" User: ")[1:]  # [0] is the template's own text
             for i, turn in enumerate(turns):
                 if "Using the numbers" in turn:
-                    counts[i == 0][0] += "Wait" in turn or "verify" in turn
+                    counts[i == 0][0] += is_reflect(turn)
                     counts[i == 0][1] += 1
         return counts[True][0] / counts[True][1], counts[False][0] / counts[False][1]
     first, later = reflect_shares(data.CorpusConfig(p_reflect=0.4, first_turn_reflect_scale=0.25))

@@ -124,6 +124,8 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert rows[0]["stage"] == "config" and rows[0]["commit"] and "train.py" in rows[0]["command"]
     assert rows[0]["config"]["corpus"]["p_reflect"] == 0.2
+    starts = [(r["resumed"], r["config"]["rl_steps"]) for r in rows if r["stage"] == "config"]
+    assert starts == [(False, 1000), (True, step + 3)]  # each start's own command
     rl_steps = [r["step"] for r in rows if r["stage"] == "rl"]
     assert rl_steps == list(range(step + 3))  # every step exactly once, in order
     for key in ("reward", "accuracy", "response_len_mean", "reflection_rate", "language_consistency", "entropy",
