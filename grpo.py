@@ -384,9 +384,9 @@ class GRPOTrainer:
         if len(mixed) > 1:
             summary.update({f"accuracy_{task}": per_task[f"correct_{task}"] / per_task[f"n_{task}"]
                             for task in mixed})
-        # "aha" examples: the model said "wait", tried again, and ended correct
+        # "aha" examples: the model reflected ("Wait", "Warte", ...: rewards.reflection_count), and ended correct
         aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
-               for i in range(len(texts)) if scores[i].accuracy == 1 and "wait" in texts[i].lower()][:2]
+               for i in range(len(texts)) if scores[i].accuracy == 1 and scores[i].reflections > 0][:2]
         return summary, aha
 
     def update(self, prompts, completions, reward, keep=None):

@@ -425,6 +425,26 @@ def test_a_step_that_mixes_tasks_logs_each_tasks_accuracy():
     assert not any(key.startswith("accuracy_") for key in one_task)
 
 
+def test_aha_examples_are_correct_reflective_answers_in_any_language():
+    """A step keeps up to two answers that reflected and ended right, whatever language they reflect in (the default
+    corpus reflects mostly in German: "Warte" has no "wait" in it)."""
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+    from rewards import Reward
+
+    verdicts = iter([(1.0, 2), (1.0, 0), (0.0, 3), (1.0, 1)])  # (accuracy, reflections) of the step's 4 answers
+
+    def reward_fn(text, row, format_weight, language_weight):
+        accuracy, reflections = next(verdicts)
+        return Reward(total=accuracy, format=1.0, accuracy=accuracy, reflections=reflections, language_consistency=0.0)
+
+    torch.manual_seed(0)
+    trainer = GRPOTrainer(Transformer(make_config("tiny")), GRPOConfig(group_size=2, max_new_tokens=2, minibatches=1),
+                          torch.device("cpu"), reward_fn=reward_fn)
+    aha = trainer.step([{"task": "countdown", "question": "a"}, {"task": "countdown", "question": "b"}])[1]
+    assert [(example["question"], example["reflections"]) for example in aha] == [("a", 2), ("b", 1)]
+
+
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
     """Gradient accumulation (micro_batch_rows) gives the minibatch's gradient and loss, whatever the split."""
