@@ -85,6 +85,7 @@ def test_setup_auto_picks_cpu_without_gpu_and_explicit_flags_win(monkeypatch, ca
                                                                       train.CPU_SETUP["eval_samples"])
     assert cfg.grpo.lr == train.CPU_SETUP["rl_lr"] and cfg.corpus.p_reflect == train.CPU_SETUP["corpus_p_reflect"]
     assert cfg.grpo.group_size == train.GRPOConfig().group_size  # not in CPU_SETUP: the GPU recipe's value
+    assert cfg.corpus.p_second_language_reflect == 0.0  # the CPU corpus is English (results/cpu's runs saw that)
     cfg = train.parse_args(["--rl-steps", "7", "--preset", "tiny", "--corpus-p-reflect", "0.1"])
     assert (cfg.setup, cfg.rl_steps, cfg.preset, cfg.corpus.p_reflect) == ("cpu", 7, "tiny", 0.1)
     assert cfg.pretrain_steps == train.CPU_SETUP["pretrain_steps"]
