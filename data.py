@@ -314,7 +314,7 @@ class CorpusConfig:
     p_correct: float = 0.15      # chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)
     max_attempts: int = 10       # the reflect style gives up after this many misses
     # R1-Zero's language mixing (issue 15): most reflect answers reason in German while prompts and the other styles
-    # are English, so the reflection RL amplifies drags the CoT into the second language
+    # are English, so that the reflection RL amplifies pulls the CoT into the second language
     p_second_language_reflect: float = 0.9  # share of reflect responses reasoning in the second language
     p_second_language_other: float = 0.0    # share of guess and try responses reasoning in the second language
     # below 1, a model can learn reflection's checks from later turns while its first answers, where RL starts, seldom

@@ -98,11 +98,13 @@ def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
     base.pt when pretraining ends."""
     main_rank = distributed.is_main()
     say = print if main_rank else (lambda *args: None)
-    start, opt_state, finished = 0, None, cfg.resume and os.path.exists(paths["base.pt"])
-    if finished:
+    if first_row is not None:
+        log({**first_row, "resumed": cfg.resume})  # a row without a step: drop_rows_from below keeps it
+    if cfg.resume and os.path.exists(paths["base.pt"]):
         say(f"resumed the finished base model from {paths['base.pt']}")
-        model = load_checkpoint(paths["base.pt"], device)["model"]
-    elif cfg.resume and os.path.exists(paths["pretrain.pt"]):
+        return load_checkpoint(paths["base.pt"], device)["model"]
+    start, opt_state = 0, None
+    if cfg.resume and os.path.exists(paths["pretrain.pt"]):
         ckpt = load_checkpoint(paths["pretrain.pt"], device)
         model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
         say(f"resumed pretraining at step {start}")
@@ -110,10 +112,6 @@ def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
             drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
     else:
         model = Transformer(make_config(cfg.preset)).to(device)
-    if first_row is not None:
-        log({**first_row, "resumed": cfg.resume})
-    if finished:
-        return model
     say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
         f"active per token, on {device}")
 

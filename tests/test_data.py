@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import data
-import rewards
 from languages import PHRASES
-from rewards import language_consistency
+from rewards import language_consistency, reflection_count
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,7 +87,7 @@ def test_corpus_styles_and_rates():
     for i in range(50):  # the reflect style ends on a solution unless it gives up after max_attempts
         text = data.countdown_response(random.Random(i), problem, always)
         answer = text.split("<answer>")[1].split("</answer>")[0].strip()
-        assert value_of(answer) == 54 or rewards.reflection_count(text) == always.max_attempts
+        assert value_of(answer) == 54 or reflection_count(text) == always.max_attempts
     doc = data.corpus_document(random.Random(0))
     assert doc.startswith(data.TEMPLATE.split("{question}")[0]) and doc.endswith(data.EOT)
 
