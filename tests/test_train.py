@@ -150,6 +150,20 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
     assert sample.returncode == 0 and "sample 0" in sample.stdout, sample.stderr
 
 
+def test_pretraining_resumes_from_its_checkpoint(tmp_path):
+    """An interrupted pretraining (pretrain.pt, no base.pt) continues from its step: every step logged once, one
+    config row per start."""
+    args = TINY + ["--out-dir", str(tmp_path), "--log-every", "1", "--rl-steps", "0", "--eval-problems", "0"]
+    train.main(train.parse_args(args + ["--pretrain-steps", "25"]))
+    os.remove(tmp_path / "base.pt")  # as if killed after the step-20 checkpoint
+    assert load_checkpoint(str(tmp_path / "pretrain.pt"), torch.device("cpu"))["step"] == 20
+    train.main(train.parse_args(args + ["--pretrain-steps", "30", "--resume"]))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["resumed"] for r in rows if r["stage"] == "config"] == [False, True]
+    assert [r["step"] for r in rows if r["stage"] == "pretrain"] == list(range(30))
+    assert os.path.exists(tmp_path / "base.pt")
+
+
 def test_own_problems_from_jsonl_files(tmp_path, monkeypatch):
     train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     train_lines = [{"numbers": [3, 7, 11], "target": 54}, {"numbers": [2, 5, 9], "target": 19},
