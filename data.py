@@ -335,15 +335,23 @@ class CorpusConfig:
                              "p_reflect <= 1")
 
 
+@functools.lru_cache(maxsize=None)
+def _candidates(numbers: tuple, target):
+    """The expressions of sorted `numbers` that reach `target`, those that miss it, and the misses' cumulative
+    weights: plausible misses are mostly near the target, as a person's guess would be. Cached: the corpus draws
+    from the same problems again and again."""
+    exprs = clean_expressions(numbers)
+    wrong = [e for e in exprs if e.value != target]
+    cum_weights = list(itertools.accumulate(1.0 / (1 + abs(e.value - target)) for e in wrong))
+    return [e for e in exprs if e.value == target], wrong, cum_weights
+
+
 def _candidate(rng, problem, correct):
     numbers, target = problem
-    exprs = clean_expressions(tuple(sorted(numbers)))
+    right, wrong, cum_weights = _candidates(tuple(sorted(numbers)), target)
     if correct:
-        return rng.choice([e for e in exprs if e.value == target])
-    wrong = [e for e in exprs if e.value != target]
-    # plausible misses: mostly near the target, as a person's guess would be
-    weights = [1.0 / (1 + abs(e.value - target)) for e in wrong]
-    return rng.choices(wrong, weights)[0]
+        return rng.choice(right)
+    return rng.choices(wrong, cum_weights=cum_weights)[0]  # the same draw as choices(wrong, weights)
 
 
 def countdown_response(rng, problem, cfg=CorpusConfig()):

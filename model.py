@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels import decode as decode_kernels
+
 # Module switches, read at call time: set them before a run, or in a test or benchmark.
 # A MoE layer given at most DENSE_MAX_TOKENS tokens (a decoding step) runs every expert on every token and weights
 # them by the gates (MoE.routed_dense); more tokens are grouped by expert (MoE.routed_grouped).
@@ -101,12 +103,16 @@ PRESETS = {
 
 
 class RMSNorm(nn.Module):
+    fused_decode = False  # set on sample.Decoder's copy on a GPU: one kernel of kernels/decode.py (no gradient)
+
     def __init__(self, dim, eps):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if self.fused_decode:
+            return decode_kernels.rms_norm(x, self.weight, self.eps)
         # in float32 (a no-op for the residual stream): MLA also normalises bf16 projections under autocast, and
         # the fused kernel needs input and weight of one dtype
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
@@ -185,6 +191,8 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, dtype=torch.bfloat16):
 
 
 class Attention(nn.Module):
+    fused_decode = False  # set on sample.Decoder's copy on a GPU: RoPE in one kernel of kernels/decode.py
+
     def __init__(self, cfg: ModelConfig, layer_id):
         super().__init__()
         self.layer_id, self.n_heads = layer_id, cfg.n_heads
@@ -193,8 +201,12 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, slots):
         B, T, C = x.shape
-        qkv = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        (q, k), v = apply_rope(qkv[:2], cos, sin), qkv[2]  # queries and keys rotated together: half the kernels
+        qkv = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads)
+        v = qkv[:, :, 2].transpose(1, 2)  # [B, H, T, D], as q and k
+        if self.fused_decode:
+            q, k = decode_kernels.rope_queries_keys(qkv, cos[:, 0], sin[:, 0])
+        else:  # queries and keys rotated together: half the kernels
+            q, k = apply_rope(qkv[:, :, :2].permute(2, 0, 3, 1, 4), cos, sin)
         if cache is not None:
             k_all, v_all = cache.k[self.layer_id], cache.v[self.layer_id]
             k_all.index_copy_(2, slots, k.to(k_all.dtype))
@@ -321,6 +333,8 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
+    fused_decode = False  # set on sample.Decoder's copy on a GPU: the router in one kernel of kernels/decode.py
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, D, H = cfg.n_routed_experts, cfg.dim, cfg.moe_hidden
@@ -334,15 +348,25 @@ class MoE(nn.Module):
     def forward(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if x.shape[0] <= DENSE_MAX_TOKENS:
+            routed = self.routed_dense(x, self.dense_gates(x))
+        else:
+            routed = self.routed_grouped(x, *self.gate(x))
+        return (routed + self.shared(x)).view(shape)
+
+    def dense_gates(self, x):
+        """[N, E]: each token's gate for every routed expert, 0 for the experts it did not choose."""
+        if self.fused_decode:  # the router's dozen small kernels (and the scatter) in one
+            gate = self.gate
+            return decode_kernels.router_gates(F.linear(x.float(), gate.weight.float()), gate.bias, gate.topk,
+                                               gate.route_scale, x.dtype)
         weights, idx = self.gate(x)
-        routed = self.routed_dense if x.shape[0] <= DENSE_MAX_TOKENS else self.routed_grouped
-        return (routed(x, weights, idx) + self.shared(x)).view(shape)
+        return torch.zeros(x.shape[0], self.w1.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
 
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates
     # (zero for unchosen experts) is cheapest there, and it needs no host sync, so it fits CUDA graphs.
-    def routed_dense(self, x, weights, idx):
-        gates = torch.zeros(x.shape[0], self.w1.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
+    def routed_dense(self, x, gates):
         h = F.silu(torch.einsum("nd,ehd->neh", x, self.w1)) * torch.einsum("nd,ehd->neh", x, self.w3)
         return torch.einsum("neh,edh,ne->nd", h, self.w2, gates)
 

@@ -31,8 +31,8 @@ def lr_at(step, total, peak, warmup):
 def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
     """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every 10 log intervals."""
     n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len)
-    stream = torch.tensor(data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed, cfg=cfg.corpus),
-                          dtype=torch.long)
+    stream = torch.from_numpy(np.array(  # through numpy: twice as fast as torch.tensor on a list of 20M ints
+        data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed, cfg=cfg.corpus), dtype=np.int64))
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks

@@ -56,6 +56,8 @@ class Decoder:
 
     - Weights: on a GPU the decoder reads a bf16 copy of the model, refreshed at the start of every call
       (RL updates the fp32 weights in between); autocast would recast every matrix on every step.
+    - Kernels: a step is hundreds of small kernels, a few microseconds each whatever the batch; the copy runs
+      RMSNorm, RoPE and the MoE router as one Triton kernel each (kernels/decode.py; fused_kernels=False: not).
     - Finished rows stop costing: every few steps the rows still decoding are moved to the front of the batch
       (KVCache.keep_rows) once they fit a smaller batch `bucket`, and later steps run only those.
     - Attention spans the slots filled so far rounded up to SLOT_BUCKET (KVCache.view), not the whole cache.
@@ -64,7 +66,7 @@ class Decoder:
       are kept across calls, so an RL run captures each one once.
     On the CPU the same steps run eagerly (the tests check them against the uncached forward)."""
 
-    def __init__(self, model, cuda_graph=True):
+    def __init__(self, model, cuda_graph=True, fused_kernels=True):
         self.model = model
         self.device = next(model.parameters()).device
         self.on_gpu = self.device.type == "cuda"
@@ -74,6 +76,9 @@ class Decoder:
             for name, p in self.net.named_parameters():
                 if ".gate." not in name:  # the router computes its affinities in fp32 (model.Gate)
                     p.data = p.data.bfloat16()
+            for module in self.net.modules():  # RMSNorm, RoPE and the router in one kernel each (kernels/decode.py)
+                if hasattr(module, "fused_decode"):
+                    module.fused_decode = fused_kernels
         else:
             self.net = model
         self.rows = self.slots = 0  # capacity of the cache and buffers, grown on demand

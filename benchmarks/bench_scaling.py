@@ -7,10 +7,16 @@ step's rollout and update times beside the one-GPU run.
     python -m benchmarks.bench_scaling --nproc 2 --presets tiny --device cpu --pretrain-steps 4 --rl-steps 2 \\
         --rl-prompts-per-step 4 --rl-max-new-tokens 16      # a dry run of the plumbing on CPU (gloo)
 
+A third run per preset, one GPU on 1/N of the global batch (what each of N GPUs computes), gives the ceiling:
+N GPUs can be at most N x its throughput, which is below N x the one-GPU throughput wherever a step has costs that
+do not shrink with the batch (the optimizer over all weights, kernel launches). Its row's speed-up column is that
+ideal: N x its tokens/s over the one-GPU run's, and the one-GPU RL step over its RL step.
+
 Any option it does not know goes to train.py unchanged. Pretraining tokens/s is the steady rate between the
-first and the last logged step (global tokens over seconds, start-up left out); rollout and update seconds are means
-over the RL steps after the first (which captures the CUDA graphs). Rollouts decode what the short-trained
-policy writes, so their lengths, and the time they take, differ a little from run to run.
+first and the last logged step (global tokens over seconds, start-up left out; pretraining checkpoints, written
+every 10 log intervals, fall after the last); rollout and update seconds are means over the RL steps after the
+first (which captures the CUDA graphs). Rollouts decode what the short-trained policy writes, so their lengths, and
+the time they take, differ a little from run to run.
 """
 
 import argparse
@@ -22,11 +28,12 @@ import sys
 import tempfile
 
 from checkpoint import git_commit
+from config import TrainConfig
 from curves import read_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py is, wherever this runs from
 
-SHORT_RUN = ["--pretrain-steps", "200", "--log-every", "10", "--rl-steps", "6", "--eval-problems", "0",
+SHORT_RUN = ["--pretrain-steps", "200", "--log-every", "20", "--rl-steps", "6", "--eval-problems", "0",
              "--checkpoint-every", "1000"]
 # medium's policy update keeps ~0.86 MB of activations per token: a one-GPU minibatch (128 rollouts of up to 626
 # tokens) would need ~70 GB, so it accumulates gradients over 64-row micro-batches, on 1 GPU as on N
@@ -69,29 +76,41 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=2, help="GPUs (processes) to compare with one")
     parser.add_argument("--presets", nargs="+", default=["small", "medium"])
+    # the global batch, read here (and passed on) because the ceiling run takes 1/nproc of it
+    parser.add_argument("--pretrain-batch-size", type=int, default=TrainConfig.pretrain_batch_size)
+    parser.add_argument("--rl-prompts-per-step", type=int, default=TrainConfig.rl_prompts_per_step)
     args, extra = parser.parse_known_args()
-    if args.nproc < 2:
+    N = args.nproc
+    if N < 2:
         parser.error("--nproc must be >= 2")
-    print(f"commit {git_commit()}; train.py {' '.join(SHORT_RUN + extra)}; per preset: {PRESET_FLAGS}")
-    print(f"{'preset':>7} | {'GPUs':>4} | {'pretrain tok/s':>14} | {'speed-up':>8} | {'rollout s':>9} | "
+    if args.pretrain_batch_size % N or args.rl_prompts_per_step % N:
+        parser.error(f"--pretrain-batch-size and --rl-prompts-per-step must be divisible by --nproc {N}")
+    batch = lambda share: ["--pretrain-batch-size", str(args.pretrain_batch_size // share),
+                           "--rl-prompts-per-step", str(args.rl_prompts_per_step // share)]
+    runs = {"1": (1, batch(1)), str(N): (N, batch(1)), f"1 (1/{N} batch)": (1, batch(N))}
+    print(f"commit {git_commit()}; train.py {' '.join(SHORT_RUN + batch(1) + extra)}; per preset: {PRESET_FLAGS}")
+    print(f"{'preset':>7} | {'GPUs':>14} | {'pretrain tok/s':>14} | {'speed-up':>8} | {'rollout s':>9} | "
           f"{'update s':>8} | {'RL step speed-up':>16}")
     failed = False
     for preset in args.presets:
         results = {}
         try:
-            for nproc in (1, args.nproc):
+            for label, (nproc, sizes) in runs.items():
                 with tempfile.TemporaryDirectory() as out_dir:
-                    results[nproc] = summarise(run(preset, nproc, extra, out_dir))
+                    results[label] = summarise(run(preset, nproc, sizes + extra, out_dir))
         except RuntimeError as err:  # the other presets still run: one failure loses only its own rows
             print(err, flush=True)
             failed = True
             continue
-        one = results[1]
-        for nproc, r in results.items():
-            step, one_step = r["rollout_s"] + r["update_s"], one["rollout_s"] + one["update_s"]
-            print(f"{preset:>7} | {nproc:>4} | {r['pretrain_tokens_per_s']:>14,.0f} | "
-                  f"{r['pretrain_tokens_per_s'] / one['pretrain_tokens_per_s']:>7.2f}x | {r['rollout_s']:>9.3f} | "
-                  f"{r['update_s']:>8.3f} | {one_step / step:>15.2f}x", flush=True)
+        one = results["1"]
+        one_step = one["rollout_s"] + one["update_s"]
+        for label, r in results.items():
+            # the ceiling run's throughput counts N times: N GPUs each on its share, with free communication
+            times = N if label.startswith("1 (") else 1
+            print(f"{preset:>7} | {label:>14} | {r['pretrain_tokens_per_s']:>14,.0f} | "
+                  f"{times * r['pretrain_tokens_per_s'] / one['pretrain_tokens_per_s']:>7.2f}x | "
+                  f"{r['rollout_s']:>9.3f} | {r['update_s']:>8.3f} | "
+                  f"{one_step / (r['rollout_s'] + r['update_s']):>15.2f}x", flush=True)
     if failed:
         sys.exit(1)
 

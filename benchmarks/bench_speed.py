@@ -145,7 +145,10 @@ print(sorted(times)[1])
 """
 
 
-ATTENTION_VARIANTS = {"MHA": dict(attention="mha"), "MLA": dict(attention="mla", mla_decode="absorb")}
+# label: (model overrides, Decoder options); "no fused kernels": RMSNorm, RoPE and the router as PyTorch ops
+DECODER_VARIANTS = {"MHA": (dict(attention="mha"), {}),
+                    "MHA, no fused kernels": (dict(attention="mha"), dict(fused_kernels=False)),
+                    "MLA": (dict(attention="mla", mla_decode="absorb"), {})}
 
 
 def rollout_roofline(old_tree=None):
@@ -158,10 +161,10 @@ def rollout_roofline(old_tree=None):
           f"at {record['commit']} (mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}); copy bandwidth "
           f"{bandwidth / 1e12:.2f} TB/s")
     rows = []
-    for label, overrides in ATTENTION_VARIANTS.items():
+    for label, (overrides, options) in DECODER_VARIANTS.items():
         torch.manual_seed(0)
         model = Transformer(make_config("small", **overrides)).cuda()
-        decoder = Decoder(model)
+        decoder = Decoder(model, **options)
         t0 = time.perf_counter()
         decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])  # first call: captures the graphs
         first = time.perf_counter() - t0

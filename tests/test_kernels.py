@@ -1,5 +1,5 @@
 """
-kernels.token_logprobs against float64 PyTorch. Runs the Triton kernels themselves on CPU, through
+kernels.token_logprobs, and the decoding kernels of kernels/decode.py, against float64 PyTorch. Runs the Triton kernels themselves on CPU, through
 Triton's interpreter, so every check here would catch a bug in the kernel, not in a fallback.
 """
 
@@ -17,7 +17,8 @@ for _name in [m for m in sys.modules if m.split(".")[0] in ("triton", "kernels")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import logprobs, token_logprobs, token_logprobs_reference  # noqa: E402
+import model  # noqa: E402
+from kernels import decode, logprobs, token_logprobs, token_logprobs_reference  # noqa: E402
 
 # relative error allowed in the grad from its rounding to logits' dtype: one ulp, as Triton's interpreter
 # rounds bfloat16 toward zero (the GPU rounds to nearest, half an ulp)
@@ -186,3 +187,70 @@ def test_cpu_fallback(monkeypatch):
     logits, targets = randn(2, 3, 50, seed=9), randint(50, (2, 3), seed=9)
     assert not logprobs._use_triton(logits)
     check(logits, targets, temperature=1.3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernels/decode.py: forward only (decoding runs without gradients). Their outputs are rounded to the input's
+# dtype, one ulp by the interpreter's rounding toward zero.
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [384, 96])  # 96: a row narrower than its power-of-two block
+def test_rms_norm(dtype, D):
+    x, w = randn(5, 3, D, dtype=dtype, seed=1, scale=3.0), randn(D, dtype=dtype, seed=2)
+    out = decode.rms_norm(x, w, 1e-6)
+    x64, w64 = x.double(), w.double()
+    ref = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * w64
+    assert out.dtype == dtype and out.shape == x.shape
+    torch.testing.assert_close(out.double(), ref, rtol=2 * EPS[dtype], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("H,D", [(6, 64), (3, 12)])  # (3, 12): 2H and D/2 not powers of two
+def test_rope_queries_keys(dtype, H, D):
+    B, T = 3, 5
+    qkv = randn(B, T, 3, H, D, dtype=dtype, seed=3)
+    cos, sin = model.rope_tables(D, 64, 10000.0)
+    positions = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(4))
+    q, k = decode.rope_queries_keys(qkv, cos[positions], sin[positions])
+    # float64 reference: rotate pairs (x[i], x[i + D/2]) of every query and key head by its position's angle
+    x = qkv[:, :, :2].double().permute(2, 0, 3, 1, 4)                        # [2, B, H, T, D]
+    c, s = cos[positions].double()[:, None], sin[positions].double()[:, None]  # [B, 1, T, D/2]
+    x1, x2 = x.chunk(2, dim=-1)
+    ref = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+    assert q.dtype == k.dtype == dtype and q.shape == k.shape == (B, H, T, D)
+    torch.testing.assert_close(torch.stack([q, k]).double(), ref, rtol=2 * EPS[dtype], atol=1e-6)
+
+
+@pytest.mark.parametrize("E,topk", [(16, 2), (6, 3)])
+def test_router_gates(E, topk):
+    N = 40
+    logits, bias = randn(N, E, seed=5, scale=2.0), randn(E, seed=6, scale=0.1)
+    gates = decode.router_gates(logits, bias, topk, 2.5, torch.float32)
+    scores = torch.sigmoid(logits.double())
+    idx = torch.topk(scores + bias.double(), topk, dim=-1).indices           # the bias picks, it does not weigh
+    picked = scores.gather(-1, idx)
+    ref = torch.zeros(N, E, dtype=torch.float64).scatter_(1, idx, picked / picked.sum(-1, keepdim=True) * 2.5)
+    assert ((gates != 0) == (ref != 0)).all()
+    torch.testing.assert_close(gates.double(), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_model_with_decoding_kernels_matches_the_model(monkeypatch):
+    # the flags sample.Decoder sets on its copy: the same logits, prefill and cached step, MHA and the router
+    monkeypatch.setattr(model, "decode_kernels", decode)  # this module's interpreted kernels
+    torch.manual_seed(0)
+    net = model.Transformer(model.make_config("tiny")).eval()
+    tokens = torch.randint(0, 500, (3, 7))
+    real = torch.ones_like(tokens, dtype=torch.bool)
+    real[0, :2] = False  # a left-padded row
+
+    def run():
+        cache = model.KVCache(net.cfg, 3, 8, "cpu", torch.float32)
+        with torch.no_grad():
+            return net(tokens, pad_mask=real, cache=cache), net(tokens[:, :1], pad_mask=real[:, :1], cache=cache)
+    plain = run()
+    flagged = [m for m in net.modules() if hasattr(m, "fused_decode")]
+    assert {type(m).__name__ for m in flagged} == {"RMSNorm", "Attention", "MoE"}
+    for m in flagged:
+        m.fused_decode = True
+    for a, b in zip(plain, run()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

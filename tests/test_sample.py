@@ -64,6 +64,18 @@ def test_cuda_graph_decoding_matches_eager_decoding(attention):
     assert graph == eager
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the decoding kernels run on a GPU")
+def test_decoding_kernels_match_the_plain_bf16_copy():
+    # kernels/decode.py's RMSNorm, RoPE and router against the PyTorch ops, both in the decoder's bf16 copy
+    torch.manual_seed(0)
+    model = Transformer(make_config("small")).cuda()
+    fused, plain = Decoder(model).net, Decoder(model, fused_kernels=False).net
+    assert fused.layers[1].ffn.fused_decode and not plain.layers[1].ffn.fused_decode
+    tokens = torch.randint(0, 500, (4, 32), device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(fused(tokens), plain(tokens), rtol=0.05, atol=0.05)  # bf16 activations
+
+
 @pytest.mark.parametrize("attention", ["mha", "mla"])
 def test_compaction_slot_buckets_and_row_budgets_keep_greedy_exact(monkeypatch, attention):
     """Many rows that stop at different steps (the decoder compacts them away), generations that cross slot
