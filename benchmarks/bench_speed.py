@@ -7,8 +7,9 @@ Speed of rollouts and training for the default model, against the HBM bound and 
 
 Rollouts on the RL workload: one RL step's rollout batch (64 training prompts x 8) decoded to the response lengths
 recorded from a trained policy (benchmarks/rl_lengths.json, written by --record-lengths CKPT), timed beside the
-least HBM traffic such a decode needs, for the small preset with multi-head attention (MHA) and with multi-head
-latent attention (MLA, absorbed decode; model.py), and for an earlier commit's sample.generate.
+least HBM traffic such a decode needs, for the small preset with multi-head attention (MHA), with and without the
+fused decoding kernels (kernels/decode.py), and with multi-head latent attention (MLA, absorbed decode; model.py),
+and for an earlier commit's code (its Decoder, kept across calls, or before 7104019 its sample.generate).
 
 Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Countdown prompts at batch 64 and 256,
 for (1) sample.generate (static KV cache, bf16, CUDA-graph decoding), (2) the same model without a cache (a full
@@ -129,19 +130,26 @@ def measure_bandwidth():
     return 2 * x.numel() * x.element_size() / dt
 
 
+# Run inside the earlier commit's tree. A tree with a Decoder (7104019 on) keeps one across calls, as RL does, and
+# gives each row its own budget; before it (d1a7a83), sample.generate decodes every row until the longest is done.
 OLD_ROLLOUT = """
-import sys, time, torch
+import json, sys, time, torch
+import sample
 from model import Transformer, make_config
-from sample import generate
-prompts = [[int(t) for t in p.split()] for p in sys.stdin.read().split(",")]
+work = json.load(sys.stdin)
+prompts, lengths = work["prompts"], work["lengths"]
 model = Transformer(make_config("small")).cuda()
-run = lambda: generate(model, prompts, int(sys.argv[1]), temperature=1.0, stop_ids=[])
+if hasattr(sample, "Decoder"):
+    decoder = sample.Decoder(model)
+    run = lambda: decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])
+else:
+    run = lambda: sample.generate(model, prompts, max(lengths), temperature=1.0, stop_ids=[])
 run()
 times = []
 for _ in range(3):
     torch.cuda.synchronize(); t = time.perf_counter(); run(); torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
-print(sorted(times)[1])
+print("Decoder" if hasattr(sample, "Decoder") else "generate", sorted(times)[1])
 """
 
 
@@ -173,12 +181,13 @@ def rollout_roofline(old_tree=None):
                      hbm_bound_seconds(model, prompts, lengths, bandwidth), first))
         print(f"{rows[-1][0]}: {dt:.3f} s per rollout (first call {first:.1f} s)", flush=True)
         del decoder, model
-    if old_tree:  # the earlier commit's sample.generate: every row decodes until the longest is done
-        arg = ",".join(" ".join(map(str, p)) for p in prompts)
-        out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT, str(max(lengths))], input=arg, cwd=old_tree,
-                             capture_output=True, text=True, check=True).stdout
-        label = f"generate at {os.path.basename(os.path.abspath(old_tree))}, MHA"
-        rows.append((label, rows[0][1], float(out.split()[-1]), rows[0][3], None))
+    if old_tree:  # the same workload decoded by the earlier commit's code (OLD_ROLLOUT)
+        work = json.dumps(dict(prompts=prompts, lengths=lengths))
+        out = subprocess.run([sys.executable, "-c", OLD_ROLLOUT], input=work, cwd=old_tree, capture_output=True,
+                             text=True, check=True).stdout
+        how, seconds = out.split()[-2:]
+        label = f"{how} at {os.path.basename(os.path.abspath(old_tree))}, MHA"
+        rows.append((label, rows[0][1], float(seconds), rows[0][3], None))
     print(f"{'decoder':>28} | {'KV B/token':>10} | {'s per rollout':>13} | {'HBM bound s':>11} | {'x bound':>7} | "
           f"{'first call s':>12}")
     for label, kv, dt, bound, first in rows:
