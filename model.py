@@ -306,6 +306,7 @@ def expert_counts(idx, n_experts):
 
 class Gate(nn.Module):
     """Top-k router with sigmoid affinities and an aux-loss-free balancing bias (V3 eq. 13-16)."""
+    fused_decode = False  # set on sample.Decoder's copy on a GPU: dense_gates in one kernel of kernels/decode.py
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -315,14 +316,24 @@ class Gate(nn.Module):
         # tokens routed to each expert since the last bias update (training steps only)
         self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
 
+    def logits(self, x):
+        return F.linear(x.float(), self.weight.float())  # in fp32, also in the decoder's bf16 copy
+
     def forward(self, x):
-        scores = torch.sigmoid(F.linear(x.float(), self.weight.float()))      # s_i,t
+        scores = torch.sigmoid(self.logits(x))                                 # s_i,t
         idx = torch.topk(scores + self.bias, self.topk, dim=-1).indices        # bias affects the choice only
         weights = scores.gather(-1, idx)
         weights = weights / weights.sum(-1, keepdim=True) * self.route_scale   # g_i,t
         if self.training:
             self.load += expert_counts(idx, self.load.numel())
         return weights.type_as(x), idx
+
+    def dense_gates(self, x):
+        """[N, E]: each token's gate for every routed expert, 0 for the experts it did not choose."""
+        if self.fused_decode:  # the router's dozen small kernels (and the scatter) in one
+            return decode_kernels.router_gates(self.logits(x), self.bias, self.topk, self.route_scale, x.dtype)
+        weights, idx = self(x)
+        return torch.zeros(x.shape[0], self.weight.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
 
     @torch.no_grad()
     def update_bias(self):
@@ -333,8 +344,6 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
-    fused_decode = False  # set on sample.Decoder's copy on a GPU: the router in one kernel of kernels/decode.py
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, D, H = cfg.n_routed_experts, cfg.dim, cfg.moe_hidden
@@ -349,19 +358,10 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         if x.shape[0] <= DENSE_MAX_TOKENS:
-            routed = self.routed_dense(x, self.dense_gates(x))
+            routed = self.routed_dense(x, self.gate.dense_gates(x))
         else:
             routed = self.routed_grouped(x, *self.gate(x))
         return (routed + self.shared(x)).view(shape)
-
-    def dense_gates(self, x):
-        """[N, E]: each token's gate for every routed expert, 0 for the experts it did not choose."""
-        if self.fused_decode:  # the router's dozen small kernels (and the scatter) in one
-            gate = self.gate
-            return decode_kernels.router_gates(F.linear(x.float(), gate.weight.float()), gate.bias, gate.topk,
-                                               gate.route_scale, x.dtype)
-        weights, idx = self.gate(x)
-        return torch.zeros(x.shape[0], self.w1.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
 
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates

@@ -87,7 +87,7 @@ def main():
         parser.error(f"--pretrain-batch-size and --rl-prompts-per-step must be divisible by --nproc {N}")
     batch = lambda share: ["--pretrain-batch-size", str(args.pretrain_batch_size // share),
                            "--rl-prompts-per-step", str(args.rl_prompts_per_step // share)]
-    runs = {"1": (1, batch(1)), str(N): (N, batch(1)), f"1 (1/{N} batch)": (1, batch(N))}
+    runs = {"1": (1, 1), str(N): (N, 1), f"1 (1/{N} batch)": (1, N)}  # label: (processes, share of the batch)
     print(f"commit {git_commit()}; train.py {' '.join(SHORT_RUN + batch(1) + extra)}; per preset: {PRESET_FLAGS}")
     print(f"{'preset':>7} | {'GPUs':>14} | {'pretrain tok/s':>14} | {'speed-up':>8} | {'rollout s':>9} | "
           f"{'update s':>8} | {'RL step speed-up':>16}")
@@ -95,9 +95,9 @@ def main():
     for preset in args.presets:
         results = {}
         try:
-            for label, (nproc, sizes) in runs.items():
+            for label, (nproc, share) in runs.items():
                 with tempfile.TemporaryDirectory() as out_dir:
-                    results[label] = summarise(run(preset, nproc, sizes + extra, out_dir))
+                    results[label] = summarise(run(preset, nproc, batch(share) + extra, out_dir))
         except RuntimeError as err:  # the other presets still run: one failure loses only its own rows
             print(err, flush=True)
             failed = True
@@ -105,10 +105,10 @@ def main():
         one = results["1"]
         one_step = one["rollout_s"] + one["update_s"]
         for label, r in results.items():
-            # the ceiling run's throughput counts N times: N GPUs each on its share, with free communication
-            times = N if label.startswith("1 (") else 1
+            # the ceiling run's throughput counts N times (its share's): N GPUs on a share each, communication free
+            share = runs[label][1]
             print(f"{preset:>7} | {label:>14} | {r['pretrain_tokens_per_s']:>14,.0f} | "
-                  f"{times * r['pretrain_tokens_per_s'] / one['pretrain_tokens_per_s']:>7.2f}x | "
+                  f"{share * r['pretrain_tokens_per_s'] / one['pretrain_tokens_per_s']:>7.2f}x | "
                   f"{r['rollout_s']:>9.3f} | {r['update_s']:>8.3f} | "
                   f"{one_step / (r['rollout_s'] + r['update_s']):>15.2f}x", flush=True)
     if failed:

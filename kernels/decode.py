@@ -82,7 +82,7 @@ def _router_kernel(logits_ptr, bias_ptr, gates_ptr, route_scale, E: tl.constexpr
 
 
 def router_gates(logits, bias, topk, route_scale, dtype):
-    """model.Gate followed by MoE.routed_dense's scatter: from the router logits [N, E] (float32), the gates
+    """model.Gate.dense_gates (the router and its scatter): from the router logits [N, E] (float32), the gates
     [N, E] in `dtype`, sigmoid(logit) / (sum of the chosen) * route_scale for each row's top-k experts by
     sigmoid(logit) + bias, and 0 for the others."""
     N, E = logits.shape

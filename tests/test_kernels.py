@@ -1,6 +1,7 @@
 """
-kernels.token_logprobs, and the decoding kernels of kernels/decode.py, against float64 PyTorch. Runs the Triton kernels themselves on CPU, through
-Triton's interpreter, so every check here would catch a bug in the kernel, not in a fallback.
+kernels.token_logprobs, and the decoding kernels of kernels/decode.py, against float64 PyTorch. Runs the Triton
+kernels themselves on CPU, through Triton's interpreter, so every check here would catch a bug in the kernel, not
+in a fallback.
 """
 
 import os
@@ -249,7 +250,7 @@ def test_model_with_decoding_kernels_matches_the_model(monkeypatch):
             return net(tokens, pad_mask=real, cache=cache), net(tokens[:, :1], pad_mask=real[:, :1], cache=cache)
     plain = run()
     flagged = [m for m in net.modules() if hasattr(m, "fused_decode")]
-    assert {type(m).__name__ for m in flagged} == {"RMSNorm", "Attention", "MoE"}
+    assert {type(m).__name__ for m in flagged} == {"RMSNorm", "Attention", "Gate"}
     for m in flagged:
         m.fused_decode = True
     for a, b in zip(plain, run()):

@@ -70,7 +70,7 @@ def test_decoding_kernels_match_the_plain_bf16_copy():
     torch.manual_seed(0)
     model = Transformer(make_config("small")).cuda()
     fused, plain = Decoder(model).net, Decoder(model, fused_kernels=False).net
-    assert fused.layers[1].ffn.fused_decode and not plain.layers[1].ffn.fused_decode
+    assert fused.layers[1].ffn.gate.fused_decode and not plain.layers[1].ffn.gate.fused_decode
     tokens = torch.randint(0, 500, (4, 32), device="cuda")
     with torch.no_grad():
         diff = (fused(tokens) - plain(tokens)).abs()
