@@ -191,7 +191,9 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, dtype=torch.bfloat16):
 
 
 class Attention(nn.Module):
-    fused_decode = False  # set on sample.Decoder's copy on a GPU: RoPE in one kernel of kernels/decode.py
+    # set on sample.Decoder's copy on a GPU: a decoding step's RoPE, cache write and attention in one kernel of
+    # kernels/decode.py, the prefill's RoPE in another
+    fused_decode = False
 
     def __init__(self, cfg: ModelConfig, layer_id):
         super().__init__()
@@ -202,6 +204,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache: KVCache | None, slots):
         B, T, C = x.shape
         qkv = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads)
+        if self.fused_decode and cache is not None and T == 1:  # RoPE, cache write and attention in one kernel
+            layer = self.layer_id
+            return self.wo(decode_kernels.attend_one_step(qkv, cos[:, 0], sin[:, 0], cache.k[layer],
+                                                          cache.v[layer], cache.valid, slots))
         v = qkv[:, :, 2].transpose(1, 2)  # [B, H, T, D], as q and k
         if self.fused_decode:
             q, k = decode_kernels.rope_queries_keys(qkv, cos[:, 0], sin[:, 0])
@@ -287,6 +293,10 @@ class MLA(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    # set on sample.Decoder's copy on a GPU, after pack_for_decoding: a decoding step's few tokens go through
+    # two matmuls and one kernel of kernels/decode.py
+    fused_decode = False
+
     def __init__(self, dim, hidden):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
@@ -294,7 +304,14 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)  # down
 
     def forward(self, x):
+        if self.fused_decode and x.numel() <= DENSE_MAX_TOKENS * x.shape[-1]:
+            return decode_kernels.swiglu_experts(x.reshape(-1, x.shape[-1]), *self.packed).view(x.shape)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    @torch.no_grad()
+    def pack_for_decoding(self):
+        """The input projections as one matrix (kernels/decode.swiglu_experts), from the current weights."""
+        self.packed = (torch.cat([self.w1.weight, self.w3.weight]), self.w2.weight)
 
 
 def expert_counts(idx, n_experts):
@@ -306,7 +323,6 @@ def expert_counts(idx, n_experts):
 
 class Gate(nn.Module):
     """Top-k router with sigmoid affinities and an aux-loss-free balancing bias (V3 eq. 13-16)."""
-    fused_decode = False  # set on sample.Decoder's copy on a GPU: dense_gates in one kernel of kernels/decode.py
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -330,8 +346,6 @@ class Gate(nn.Module):
 
     def dense_gates(self, x):
         """[N, E]: each token's gate for every routed expert, 0 for the experts it did not choose."""
-        if self.fused_decode:  # the router's dozen small kernels (and the scatter) in one
-            return decode_kernels.router_gates(self.logits(x), self.bias, self.topk, self.route_scale, x.dtype)
         weights, idx = self(x)
         return torch.zeros(x.shape[0], self.weight.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
 
@@ -344,6 +358,10 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
+    # set on sample.Decoder's copy on a GPU, after pack_for_decoding: a decoding step's few tokens go through
+    # the router and all experts in two matmuls and one kernel of kernels/decode.py
+    fused_decode = False
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, D, H = cfg.n_routed_experts, cfg.dim, cfg.moe_hidden
@@ -357,11 +375,24 @@ class MoE(nn.Module):
     def forward(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if self.fused_decode and x.shape[0] <= DENSE_MAX_TOKENS:
+            E, H, _ = self.w1.shape
+            return decode_kernels.swiglu_experts(x, *self.packed, self.gate, E, H).view(shape)
         if x.shape[0] <= DENSE_MAX_TOKENS:
             routed = self.routed_dense(x, self.gate.dense_gates(x))
         else:
             routed = self.routed_grouped(x, *self.gate(x))
         return (routed + self.shared(x)).view(shape)
+
+    @torch.no_grad()
+    def pack_for_decoding(self):
+        """The routed experts and the shared ones as one SwiGLU of E*H + H_s hidden units (routed expert e's
+        units are e*H .. (e+1)*H - 1), its input projections one matrix (kernels/decode.swiglu_experts), from the
+        current weights."""
+        E, H, D = self.w1.shape
+        shared = self.shared
+        w13 = torch.cat([self.w1.reshape(E * H, D), shared.w1.weight, self.w3.reshape(E * H, D), shared.w3.weight])
+        self.packed = (w13, torch.cat([self.w2.permute(1, 0, 2).reshape(D, E * H), shared.w2.weight], 1))
 
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates
@@ -412,6 +443,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    # set on sample.Decoder's copy on a GPU: no attention mask built for an MHA decoding step (Attention's kernel
+    # reads the cache's valid slots)
+    fused_decode = False
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -468,6 +503,8 @@ class Transformer(nn.Module):
                 keys_valid = cache.valid
             else:
                 keys_valid = real
+        one_fused_step = self.fused_decode and cache is not None and T == 1 and self.cfg.attention == "mha"
+        if slots is not None and not one_fused_step:  # (Attention's decoding kernel reads cache.valid itself)
             k_slot = torch.arange(keys_valid.shape[1], device=tokens.device)
             causal = k_slot[None, :] <= slots[:, None]                           # [T, S]
             mask = causal[None] & keys_valid[:, None, :]                          # [B, T, S]

@@ -56,11 +56,14 @@ class Decoder:
 
     - Weights: on a GPU the decoder reads a bf16 copy of the model, refreshed at the start of every call
       (RL updates the fp32 weights in between); autocast would recast every matrix on every step.
-    - Kernels: a step is hundreds of small kernels, a few microseconds each whatever the batch; the copy runs
-      RMSNorm, RoPE and the MoE router as one Triton kernel each (kernels/decode.py; fused_kernels=False: not).
+    - Kernels: in plain PyTorch a step is ~280 small kernels, a few microseconds each whatever the batch; the
+      copy runs about ten a layer (kernels/decode.py; fused_kernels=False: none of it): RMSNorm; the qkv matmul;
+      RoPE, the cache write and attention over the row's filled slots in one kernel; the output matmul; and the
+      router with every expert as one SwiGLU (a matmul, one kernel, a matmul).
     - Finished rows stop costing: every few steps the rows still decoding are moved to the front of the batch
       (KVCache.keep_rows) once they fit a smaller batch `bucket`, and later steps run only those.
-    - Attention spans the slots filled so far rounded up to SLOT_BUCKET (KVCache.view), not the whole cache.
+    - Attention spans the slots filled so far (the plain path: rounded up to SLOT_BUCKET, KVCache.view), not
+      the whole cache.
     - One step (forward, sampling, stop check, writing the token) has static shapes and no host sync, so on a
       GPU each (batch bucket, slots) pair is captured once as a CUDA graph and replayed; graphs, cache and buffers
       are kept across calls, so an RL run captures each one once.
@@ -76,7 +79,7 @@ class Decoder:
             for name, p in self.net.named_parameters():
                 if ".gate." not in name:  # the router computes its affinities in fp32 (model.Gate)
                     p.data = p.data.bfloat16()
-            for module in self.net.modules():  # RMSNorm, RoPE and the router in one kernel each (kernels/decode.py)
+            for module in self.net.modules():
                 if hasattr(module, "fused_decode"):
                     module.fused_decode = fused_kernels
         else:
@@ -84,6 +87,18 @@ class Decoder:
         self.rows = self.slots = 0  # capacity of the cache and buffers, grown on demand
         self.graphs, self.stop_tensors = {}, {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graph else None
+        self.refresh_weights()
+
+    def refresh_weights(self):
+        """The copy takes the model's current weights (RL changed them since the last call), and the fused
+        experts their packed matrices."""
+        if self.net is self.model:
+            return
+        for mine, theirs in zip(self.net.state_dict().values(), self.model.state_dict().values()):
+            mine.copy_(theirs)
+        for module in self.net.modules():
+            if getattr(module, "fused_decode", False) and hasattr(module, "pack_for_decoding"):
+                module.pack_for_decoding()
 
     def _allocate(self, rows, slots):
         self.rows, self.slots, self.graphs = rows, slots, {}
@@ -152,9 +167,7 @@ class Decoder:
         slots = -(-(P + N) // SLOT_BUCKET) * SLOT_BUCKET
         if rows > self.rows or slots > self.slots:
             self._allocate(max(rows, self.rows), max(slots, self.slots))
-        if self.net is not self.model:
-            for mine, theirs in zip(self.net.state_dict().values(), self.model.state_dict().values()):
-                mine.copy_(theirs)
+        self.refresh_weights()
         tokens = torch.full((rows, P), pad_token_id(), dtype=torch.long)
         real = torch.zeros(rows, P, dtype=torch.bool)
         for i, p in enumerate(prompts):

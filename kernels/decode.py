@@ -64,29 +64,134 @@ def rope_queries_keys(qkv, cos, sin):
 
 
 @triton.jit
-def _router_kernel(logits_ptr, bias_ptr, gates_ptr, route_scale, E: tl.constexpr, TOPK: tl.constexpr,
-                   BLOCK_E: tl.constexpr):
+def _attend_one_step_kernel(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr, scale,
+                            stride_cb, stride_ch, stride_cs, stride_vb, H: tl.constexpr, D: tl.constexpr,
+                            BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    b, h = tl.program_id(0), tl.program_id(1)
+    j = tl.arange(0, BLOCK_J)  # one half of a head: RoPE rotates pairs (x[j], x[j + D/2])
+    d = tl.arange(0, BLOCK_D)
+    in_j, in_d = j < D // 2, d < D
+    slot = tl.load(slot_ptr)   # the slot this step writes; the ones before it hold the row's past
+    ty = qkv_ptr.dtype.element_ty
+    # this token's query, key and value of head h (qkv [B, 1, 3, H, D]); q and k rotated as model.apply_rope,
+    # rounded to the activations' dtype as the plain path rounds them
+    q_ptr = qkv_ptr + (b * 3 * H + h) * D
+    cos = tl.load(cos_ptr + b * (D // 2) + j, mask=in_j, other=0.0)
+    sin = tl.load(sin_ptr + b * (D // 2) + j, mask=in_j, other=0.0)
+    q1 = tl.load(q_ptr + j, mask=in_j, other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + D // 2 + j, mask=in_j, other=0.0).to(tl.float32)
+    k1 = tl.load(q_ptr + H * D + j, mask=in_j, other=0.0).to(tl.float32)
+    k2 = tl.load(q_ptr + H * D + D // 2 + j, mask=in_j, other=0.0).to(tl.float32)
+    q1, q2 = (q1 * cos - q2 * sin).to(ty).to(tl.float32), (q1 * sin + q2 * cos).to(ty).to(tl.float32)
+    k1, k2 = (k1 * cos - k2 * sin).to(ty), (k1 * sin + k2 * cos).to(ty)
+    v = tl.load(q_ptr + 2 * H * D + d, mask=in_d, other=0.0)
+    # into the cache at its slot
+    cache_ty = k_ptr.dtype.element_ty
+    k_row = k_ptr + b * stride_cb + h * stride_ch
+    v_row = v_ptr + b * stride_cb + h * stride_ch
+    tl.store(k_row + slot * stride_cs + j, k1.to(cache_ty), mask=in_j)
+    tl.store(k_row + slot * stride_cs + D // 2 + j, k2.to(cache_ty), mask=in_j)
+    tl.store(v_row + slot * stride_cs + d, v.to(cache_ty), mask=in_d)
+    # online softmax (flash attention), starting from the token itself: a row attends to its valid past slots
+    # and to its own token, real or not (a finished row's pad query sees itself, as model.Transformer's mask)
+    m = tl.sum(q1 * k1.to(cache_ty).to(tl.float32) + q2 * k2.to(cache_ty).to(tl.float32), axis=0) * scale
+    total = tl.full([], 1.0, tl.float32)
+    acc = v.to(cache_ty).to(tl.float32)
+    for start in range(0, slot, BLOCK_S):  # only the slots filled so far
+        s = start + tl.arange(0, BLOCK_S)
+        past = (s < slot) & (tl.load(valid_ptr + b * stride_vb + s, mask=s < slot, other=0) != 0)
+        keys1 = tl.load(k_row + s[:, None] * stride_cs + j[None, :], mask=past[:, None] & in_j[None, :], other=0.0)
+        keys2 = tl.load(k_row + s[:, None] * stride_cs + D // 2 + j[None, :], mask=past[:, None] & in_j[None, :],
+                        other=0.0)
+        scores = tl.sum(keys1.to(tl.float32) * q1[None, :] + keys2.to(tl.float32) * q2[None, :], axis=1) * scale
+        scores = tl.where(past, scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        p = tl.exp(scores - m_new)
+        rescale = tl.exp(m - m_new)
+        values = tl.load(v_row + s[:, None] * stride_cs + d[None, :], mask=past[:, None] & in_d[None, :], other=0.0)
+        acc = acc * rescale + tl.sum(p[:, None] * values.to(tl.float32), axis=0)
+        total = total * rescale + tl.sum(p, axis=0)
+        m = m_new
+    tl.store(out_ptr + (b * H + h) * D + d, (acc / total).to(out_ptr.dtype.element_ty), mask=in_d)
+
+
+ATTEND_BLOCK_S = 128  # past slots a program reads at a time
+
+
+def attend_one_step(qkv, cos, sin, k_cache, v_cache, valid, slot):
+    """A decoding step of model.Attention after its qkv projection, in one kernel: rotate this token's query and
+    key (RoPE), write its key and value into the cache at `slot`, and attend over the row's valid past slots and
+    the token itself. qkv [B, 1, 3, H, D]; cos, sin [B, 1, D/2] float32; k_cache, v_cache [B, H, S, D] (views of
+    the cache's buffers); valid [B, S] bool; slot [1] long, on the device (no host sync: CUDA-graph safe).
+    Returns [B, 1, H * D], the heads side by side as the output projection takes them."""
+    B, T, _, H, D = qkv.shape
+    assert T == 1 and qkv.is_contiguous() and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    out = torch.empty(B, 1, H * D, dtype=qkv.dtype, device=qkv.device)
+    _attend_one_step_kernel[(B, H)](
+        qkv, cos.contiguous(), sin.contiguous(), k_cache, v_cache, valid, slot, out, D ** -0.5,
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), valid.stride(0), H=H, D=D,
+        BLOCK_J=triton.next_power_of_2(D // 2), BLOCK_D=triton.next_power_of_2(D), BLOCK_S=ATTEND_BLOCK_S)
+    return out
+
+
+@triton.jit
+def _router_kernel(x_ptr, weight_ptr, bias_ptr, gates_ptr, route_scale, DIM, E: tl.constexpr, TOPK: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_DIM: tl.constexpr):
+    # model.Gate for one token: sigmoid affinities in float32, top-k by affinity + bias, normalised over the k
     row = tl.program_id(0)
     e = tl.arange(0, BLOCK_E)
-    inside = e < E
-    scores = tl.sigmoid(tl.load(logits_ptr + row * E + e, mask=inside, other=0.0).to(tl.float32))
-    biased = tl.where(inside, scores + tl.load(bias_ptr + e, mask=inside, other=0.0), float("-inf"))
+    cols = tl.arange(0, BLOCK_DIM)
+    x = tl.load(x_ptr + row * DIM + cols, mask=cols < DIM, other=0.0).to(tl.float32)
+    w = tl.load(weight_ptr + e[:, None] * DIM + cols[None, :], mask=(e[:, None] < E) & (cols[None, :] < DIM),
+                other=0.0)
+    scores = tl.sigmoid(tl.sum(w * x[None, :], axis=1))
+    biased = tl.where(e < E, scores + tl.load(bias_ptr + e, mask=e < E, other=0.0), float("-inf"))
     chosen = tl.zeros([BLOCK_E], dtype=tl.int1)
     for _ in tl.static_range(TOPK):  # top-k as k rounds of argmax, each taking the best expert left
         best = tl.argmax(biased, axis=0)
         chosen = chosen | (e == best)
         biased = tl.where(e == best, float("-inf"), biased)
     picked = tl.where(chosen, scores, 0.0)
-    gates = picked / tl.sum(picked, axis=0) * route_scale
-    tl.store(gates_ptr + row * E + e, gates.to(gates_ptr.dtype.element_ty), mask=inside)
+    tl.store(gates_ptr + row * E + e, picked / tl.sum(picked, axis=0) * route_scale, mask=e < E)
 
 
-def router_gates(logits, bias, topk, route_scale, dtype):
-    """model.Gate.dense_gates (the router and its scatter): from the router logits [N, E] (float32), the gates
-    [N, E] in `dtype`, sigmoid(logit) / (sum of the chosen) * route_scale for each row's top-k experts by
-    sigmoid(logit) + bias, and 0 for the others."""
-    N, E = logits.shape
-    gates = torch.empty(N, E, dtype=dtype, device=logits.device)
-    _router_kernel[(N,)](logits.contiguous(), bias, gates, route_scale, E=E, TOPK=topk,
-                         BLOCK_E=triton.next_power_of_2(E))
-    return gates
+@triton.jit
+def _swiglu_hidden_kernel(a_ptr, gates_ptr, out_ptr, F, E: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr):
+    # program (row, e): silu(gate proj) * up proj of routed expert e's H hidden units, times its gate;
+    # e == E: the ungated rest (the shared experts, or a dense SwiGLU's whole hidden layer)
+    row, e = tl.program_id(0), tl.program_id(1)
+    a_row = a_ptr + row * 2 * F  # [gate projections (F) | up projections (F)]
+    if e < E:
+        gate = tl.load(gates_ptr + row * E + e)
+        h = e * H + tl.arange(0, BLOCK_H)
+        inside = h < (e + 1) * H
+        a1 = tl.load(a_row + h, mask=inside, other=0.0).to(tl.float32)
+        a3 = tl.load(a_row + F + h, mask=inside, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * F + h, (a1 * tl.sigmoid(a1) * a3 * gate).to(out_ptr.dtype.element_ty), mask=inside)
+    else:
+        for start in range(E * H, F, BLOCK_H):
+            h = start + tl.arange(0, BLOCK_H)
+            inside = h < F
+            a1 = tl.load(a_row + h, mask=inside, other=0.0).to(tl.float32)
+            a3 = tl.load(a_row + F + h, mask=inside, other=0.0).to(tl.float32)
+            tl.store(out_ptr + row * F + h, (a1 * tl.sigmoid(a1) * a3).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def swiglu_experts(x, w13, w2, gate=None, experts=0, expert_hidden=1):
+    """model.MoE (or model.SwiGLU, gate None) on a decoding step's few tokens, as one SwiGLU whose hidden units are
+    every routed expert's (each scaled by the token's gate, 0 for the experts the router did not pick) followed by
+    the shared experts': the router in one kernel, then two matmuls with one kernel between them.
+    x [N, dim]; w13 [2F, dim]: the gate projections of all F hidden units, then their up projections
+    (model.MoE.pack_for_decoding); w2 [dim, F]; gate: the model.Gate, its first `experts` x `expert_hidden`
+    units the routed experts'."""
+    x = x.contiguous()
+    N, dim = x.shape
+    F = w2.shape[1]
+    gates = torch.empty(N, max(experts, 1), dtype=torch.float32, device=x.device)
+    if experts:
+        _router_kernel[(N,)](x, gate.weight, gate.bias, gates, gate.route_scale, dim, E=experts, TOPK=gate.topk,
+                             BLOCK_E=triton.next_power_of_2(experts), BLOCK_DIM=triton.next_power_of_2(dim))
+    hidden = torch.empty(N, F, dtype=x.dtype, device=x.device)
+    _swiglu_hidden_kernel[(N, experts + 1)](x @ w13.T, gates, hidden, F, E=experts, H=expert_hidden,
+                                            BLOCK_H=triton.next_power_of_2(expert_hidden) if experts else 512)
+    return hidden @ w2.T

@@ -4,6 +4,7 @@ kernels themselves on CPU, through Triton's interpreter, so every check here wou
 in a fallback.
 """
 
+import copy
 import os
 import sys
 
@@ -222,36 +223,81 @@ def test_rope_queries_keys(dtype, H, D):
     torch.testing.assert_close(torch.stack([q, k]).double(), ref, rtol=2 * EPS[dtype], atol=1e-6)
 
 
-@pytest.mark.parametrize("E,topk", [(16, 2), (6, 3)])
-def test_router_gates(E, topk):
-    N = 40
-    logits, bias = randn(N, E, seed=5, scale=2.0), randn(E, seed=6, scale=0.1)
-    gates = decode.router_gates(logits, bias, topk, 2.5, torch.float32)
-    scores = torch.sigmoid(logits.double())
-    idx = torch.topk(scores + bias.double(), topk, dim=-1).indices           # the bias picks, it does not weigh
-    picked = scores.gather(-1, idx)
-    ref = torch.zeros(N, E, dtype=torch.float64).scatter_(1, idx, picked / picked.sum(-1, keepdim=True) * 2.5)
-    assert ((gates != 0) == (ref != 0)).all()
-    torch.testing.assert_close(gates.double(), ref, rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("H,D,slot", [(6, 64, 140), (3, 12, 9)])  # 140: three blocks of past slots; 12: D/2 = 6
+def test_attend_one_step(dtype, H, D, slot):
+    B, S = 3, 150
+    qkv = randn(B, 1, 3, H, D, dtype=dtype, seed=7)
+    cos, sin = model.rope_tables(D, 256, 10000.0)
+    positions = torch.tensor([slot, 5, 77])
+    # views of larger buffers, as KVCache.view gives them: the kernel must follow their strides
+    k_buf, v_buf = randn(B + 1, H, S + 20, D, dtype=dtype, seed=8), randn(B + 1, H, S + 20, D, dtype=dtype, seed=9)
+    k_cache, v_cache = k_buf[:B, :, :S], v_buf[:B, :, :S]
+    valid = torch.rand(B, S, generator=torch.Generator().manual_seed(10)) < 0.7
+    valid[2, :slot] = False  # a row with no valid past: it attends to its own token only
+    k_past, v_past = k_cache.double().clone(), v_cache.double().clone()
+    out = decode.attend_one_step(qkv, cos[positions][:, None], sin[positions][:, None], k_cache, v_cache, valid,
+                                 torch.tensor([slot]))
+    # float64 reference: rotate q and k (rounded to dtype, as the kernel and the plain path round them), then
+    # softmax attention over the valid slots before `slot` and the token itself
+    x = qkv[:, 0, :2].double()                                                   # [B, 2, H, D]
+    c, s = cos[positions].double()[:, None, None], sin[positions].double()[:, None, None]
+    x1, x2 = x.chunk(2, dim=-1)
+    q, k = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(dtype).double().unbind(1)  # [B, H, D]
+    v = qkv[:, 0, 2].double()
+    torch.testing.assert_close(k_cache[:, :, slot].double(), k, rtol=2 * EPS[dtype], atol=1e-6)
+    assert torch.equal(v_cache[:, :, slot].double(), v)
+    keys = torch.cat([k_past[:, :, :slot], k[:, :, None]], 2)                    # [B, H, slot + 1, D]
+    values = torch.cat([v_past[:, :, :slot], v[:, :, None]], 2)
+    seen = torch.cat([valid[:, :slot], torch.ones(B, 1, dtype=torch.bool)], 1)[:, None]
+    scores = torch.einsum("bhd,bhsd->bhs", q, keys).masked_fill(~seen, float("-inf")) / D ** 0.5
+    ref = torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), values).reshape(B, 1, H * D)
+    assert out.dtype == dtype and out.shape == (B, 1, H * D)
+    torch.testing.assert_close(out.double(), ref, rtol=4 * EPS[dtype], atol=4 * EPS[dtype])
+    assert torch.equal(k_cache[:, :, :slot], k_past[:, :, :slot].to(dtype))  # the past is not touched
+
+
+@pytest.mark.parametrize("E,topk", [(16, 2), (6, 3), (0, 0)])  # E 0: a dense SwiGLU layer, no router
+def test_swiglu_experts(E, topk):
+    cfg = model.make_config("tiny", dim=48, n_routed_experts=max(E, 1), n_activated_experts=max(topk, 1),
+                            moe_hidden=24, dense_hidden=40, route_scale=2.5)
+    torch.manual_seed(11)
+    ffn = model.MoE(cfg) if E else model.SwiGLU(cfg.dim, cfg.dense_hidden)
+    for p in ffn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    if E:
+        ffn.gate.bias.copy_(randn(E, seed=12, scale=0.1))
+    ffn.eval().pack_for_decoding()
+    x = randn(7, cfg.dim, seed=13)
+    out = decode.swiglu_experts(x, *ffn.packed, ffn.gate, E, cfg.moe_hidden) if E else \
+        decode.swiglu_experts(x, *ffn.packed)
+    with torch.no_grad():
+        ref = copy.deepcopy(ffn).double()(x.double())  # the plain module (its router computes in float32)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)  # fp32 sums over ~1000 products
 
 
 def test_model_with_decoding_kernels_matches_the_model(monkeypatch):
-    # the flags sample.Decoder sets on its copy: the same logits, prefill and cached step, MHA and the router
+    # the flags sample.Decoder sets on its copy: the same logits for a prefill and cached steps (MHA, the router,
+    # the experts), with a left-padded row and a row that finishes (its later steps feed padding)
     monkeypatch.setattr(model, "decode_kernels", decode)  # this module's interpreted kernels
     torch.manual_seed(0)
     net = model.Transformer(model.make_config("tiny")).eval()
-    tokens = torch.randint(0, 500, (3, 7))
+    tokens = torch.randint(0, 500, (3, 12))
     real = torch.ones_like(tokens, dtype=torch.bool)
     real[0, :2] = False  # a left-padded row
+    real[2, 9:] = False  # a row that finished after 9 tokens
 
     def run():
-        cache = model.KVCache(net.cfg, 3, 8, "cpu", torch.float32)
+        cache = model.KVCache(net.cfg, 3, 16, "cpu", torch.float32)
         with torch.no_grad():
-            return net(tokens, pad_mask=real, cache=cache), net(tokens[:, :1], pad_mask=real[:, :1], cache=cache)
+            out = [net(tokens[:, :7], pad_mask=real[:, :7], cache=cache)]
+            out += [net(tokens[:, t:t + 1], pad_mask=real[:, t:t + 1], cache=cache) for t in range(7, 12)]
+        return torch.cat(out, 1)
     plain = run()
     flagged = [m for m in net.modules() if hasattr(m, "fused_decode")]
-    assert {type(m).__name__ for m in flagged} == {"RMSNorm", "Attention", "Gate"}
+    assert {type(m).__name__ for m in flagged} == {"RMSNorm", "Attention", "SwiGLU", "MoE", "Transformer"}
     for m in flagged:
         m.fused_decode = True
-    for a, b in zip(plain, run()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        if hasattr(m, "pack_for_decoding"):
+            m.pack_for_decoding()
+    torch.testing.assert_close(run(), plain, rtol=1e-5, atol=1e-5)
