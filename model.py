@@ -310,8 +310,10 @@ class SwiGLU(nn.Module):
 
     @torch.no_grad()
     def pack_for_decoding(self):
-        """The input projections as one matrix (kernels/decode.swiglu_experts), from the current weights."""
-        self.packed = (torch.cat([self.w1.weight, self.w3.weight]), self.w2.weight)
+        """The input projections as one matrix (kernels/decode.swiglu_experts), from the current weights; written
+        in place after the first call, as CUDA graphs captured since then read it where it is."""
+        w13 = self.packed[0] if hasattr(self, "packed") else None
+        self.packed = (torch.cat([self.w1.weight, self.w3.weight], out=w13), self.w2.weight)
 
 
 def expert_counts(idx, n_experts):
@@ -388,11 +390,14 @@ class MoE(nn.Module):
     def pack_for_decoding(self):
         """The routed experts and the shared ones as one SwiGLU of E*H + H_s hidden units (routed expert e's
         units are e*H .. (e+1)*H - 1), its input projections one matrix (kernels/decode.swiglu_experts), from the
-        current weights."""
+        current weights; written in place after the first call, as CUDA graphs captured since then read them there."""
         E, H, D = self.w1.shape
         shared = self.shared
-        w13 = torch.cat([self.w1.reshape(E * H, D), shared.w1.weight, self.w3.reshape(E * H, D), shared.w3.weight])
-        self.packed = (w13, torch.cat([self.w2.permute(1, 0, 2).reshape(D, E * H), shared.w2.weight], 1))
+        w13, w2 = self.packed if hasattr(self, "packed") else (None, None)  # in place: graphs read them there
+        self.packed = (
+            torch.cat([self.w1.reshape(E * H, D), shared.w1.weight, self.w3.reshape(E * H, D), shared.w3.weight],
+                      out=w13),
+            torch.cat([self.w2.permute(1, 0, 2).reshape(D, E * H), shared.w2.weight], 1, out=w2))
 
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates

@@ -64,10 +64,27 @@ def test_cuda_graph_decoding_matches_eager_decoding(attention):
     assert graph == eager
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_decoder_graphs_follow_the_weights_across_calls():
+    # RL changes the weights between calls: graphs captured by the first call must decode the new weights (the
+    # fused experts' packed matrices are rewritten where the graphs read them), as a fresh eager decoder does
+    torch.manual_seed(0)
+    model = Transformer(make_config("small")).cuda()
+    prompts = [torch.randint(0, 500, (n,)).tolist() for n in (30, 7, 19, 64)]
+    decoder = Decoder(model)
+    before = decoder.generate(prompts, 40, temperature=0, stop_ids=[])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    after = decoder.generate(prompts, 40, temperature=0, stop_ids=[])
+    assert after == Decoder(model, cuda_graph=False).generate(prompts, 40, temperature=0, stop_ids=[])
+    assert after != before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the decoding kernels run on a GPU")
-def test_decoding_kernels_match_the_plain_bf16_copy():
+def test_decoding_kernels_are_as_accurate_as_the_plain_bf16_copy():
     # kernels/decode.py (prefill and cached steps: RMSNorm, RoPE, attention over the cache, the router and the
-    # experts) against the PyTorch ops, both in the decoder's bf16 copy, fed the same tokens
+    # experts) and the PyTorch ops, both in the decoder's bf16 copy, against the fp32 model, fed the same tokens
     torch.manual_seed(0)
     model = Transformer(make_config("small")).cuda()
     fused, plain = Decoder(model), Decoder(model, fused_kernels=False)
@@ -77,50 +94,15 @@ def test_decoding_kernels_match_the_plain_bf16_copy():
     real[1, :13] = False  # a left-padded row
     real[2, 70:] = False  # a row that finished (its steps feed padding)
 
-    def logits(net):
-        cache = KVCache(model.cfg, 4, 128, "cuda", torch.bfloat16)
+    def logits(net, dtype):
+        cache = KVCache(model.cfg, 4, 128, "cuda", dtype)
         with torch.no_grad():
             out = [net(tokens[:, :32], pad_mask=real[:, :32], cache=cache)]
             out += [net(tokens[:, t:t + 1], pad_mask=real[:, t:t + 1], cache=cache) for t in range(32, 100)]
         return torch.cat(out, 1)[real]
-    diff = (logits(fused.net) - logits(plain.net)).abs()
-    # bf16 activations round differently through 8 layers (measured on an H200 with the earlier kernels: 8 of 65536
-    # logits off by > 0.05, at most 0.08); a wrong kernel would move most of them
-    assert diff.max() < 0.5 and (diff > 0.05).float().mean() < 1e-3
-
-
-@pytest.mark.parametrize("attention", ["mha", "mla"])
-def test_compaction_slot_buckets_and_row_budgets_keep_greedy_exact(monkeypatch, attention):
-    """Many rows that stop at different steps (the decoder compacts them away), generations that cross slot
-    buckets, and a budget per row: each row still decodes exactly as the uncached forward alone."""
-    torch.manual_seed(2)
-    model = Transformer(make_config("tiny", attention=attention)).eval()
-    prompts = [torch.randint(0, 450, (n,)).tolist() for n in (3, 17, 8, 1, 12, 5, 9, 14, 2)]
-    stop_ids = list(range(0, 450, 29))  # one token in 29 stops a row: rows end at many different steps
-    budgets = [90, 40, 90, 7, 90, 90, 1, 90, 90]
-    batch_sizes = []
-    monkeypatch.setattr(KVCache, "keep_rows", lambda self, order, slots, real=KVCache.keep_rows:
-                        batch_sizes.append(len(order)) or real(self, order, slots))
-    got = Decoder(model).generate(prompts, budgets, temperature=0, stop_ids=stop_ids)
-    want = [greedy_without_cache(model, p, n, stop_ids) for p, n in zip(prompts, budgets)]
-    assert got == want
-    assert len({len(g) for g in got}) > 3  # rows really ended at different steps
-    assert batch_sizes and batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < 12
-    # without stop tokens the budgets alone end the rows, and the long ones cross slot buckets
-    got = Decoder(model).generate(prompts, budgets, temperature=0, stop_ids=[])
-    assert got == [greedy_without_cache(model, p, n, []) for p, n in zip(prompts, budgets)]
-    assert [len(g) for g in got] == budgets and max(map(len, prompts)) + max(budgets) > SLOT_BUCKET
-
-
-def test_bucket_sizes():
-    assert [bucket(n) for n in (1, 2, 3, 4, 5, 7, 9, 13, 100, 500, 512, 513)] == \
-        [2, 2, 3, 4, 6, 8, 12, 16, 128, 512, 512, 768]
-
-
-def test_cli_rejects_bad_numbers_and_target_before_loading():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for args, message in [(["--numbers", "3", "--target", "3"], "2 or more numbers"),
-                          (["--numbers", "3", "7", "11", "--target", "500"], "target must be in 1..100")]:
-        run = subprocess.run([sys.executable, "sample.py", "--ckpt", "no-such.pt", *args], cwd=root,
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 2 and message in run.stderr, run.stderr
+    exact = logits(model.eval(), torch.float32)
+    fused_err = (logits(fused.net, torch.bfloat16) - exact).abs()
+    plain_err = (logits(plain.net, torch.bfloat16) - exact).abs()
+    # the kernels round differently from PyTorch's ops but no worse (a wrong kernel errs by far more than bf16)
+    assert fused_err.mean() < 1.25 * plain_err.mean()
+    assert fused_err.quantile(0.999) < 1.5 * plain_err.quantile(0.999)
