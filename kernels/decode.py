@@ -66,53 +66,54 @@ def rope_queries_keys(qkv, cos, sin):
 @triton.jit
 def _attend_one_step_kernel(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr, scale,
                             stride_cb, stride_ch, stride_cs, stride_vb, H: tl.constexpr, D: tl.constexpr,
-                            BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+                            BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     b, h = tl.program_id(0), tl.program_id(1)
-    j = tl.arange(0, BLOCK_J)  # one half of a head: RoPE rotates pairs (x[j], x[j + D/2])
     d = tl.arange(0, BLOCK_D)
-    in_j, in_d = j < D // 2, d < D
+    inside = d < D
     slot = tl.load(slot_ptr)   # the slot this step writes; the ones before it hold the row's past
     ty = qkv_ptr.dtype.element_ty
-    # this token's query, key and value of head h (qkv [B, 1, 3, H, D]); q and k rotated as model.apply_rope,
-    # rounded to the activations' dtype as the plain path rounds them
+    # this token's query, key and value of head h (qkv [B, 1, 3, H, D]). RoPE (model.apply_rope) rotates the pairs
+    # (x[i], x[i + D/2]): x[d] * cos + sign * x[partner] * sin, rounded to the activations' dtype as the plain
+    # path rounds them
     q_ptr = qkv_ptr + (b * 3 * H + h) * D
-    cos = tl.load(cos_ptr + b * (D // 2) + j, mask=in_j, other=0.0)
-    sin = tl.load(sin_ptr + b * (D // 2) + j, mask=in_j, other=0.0)
-    q1 = tl.load(q_ptr + j, mask=in_j, other=0.0).to(tl.float32)
-    q2 = tl.load(q_ptr + D // 2 + j, mask=in_j, other=0.0).to(tl.float32)
-    k1 = tl.load(q_ptr + H * D + j, mask=in_j, other=0.0).to(tl.float32)
-    k2 = tl.load(q_ptr + H * D + D // 2 + j, mask=in_j, other=0.0).to(tl.float32)
-    q1, q2 = (q1 * cos - q2 * sin).to(ty).to(tl.float32), (q1 * sin + q2 * cos).to(ty).to(tl.float32)
-    k1, k2 = (k1 * cos - k2 * sin).to(ty), (k1 * sin + k2 * cos).to(ty)
-    v = tl.load(q_ptr + 2 * H * D + d, mask=in_d, other=0.0)
+    half = d % (D // 2)
+    partner = tl.where(d < D // 2, d + D // 2, d - D // 2)
+    sign = tl.where(d < D // 2, -1.0, 1.0)
+    cos = tl.load(cos_ptr + b * (D // 2) + half, mask=inside, other=0.0)
+    sin = tl.load(sin_ptr + b * (D // 2) + half, mask=inside, other=0.0) * sign
+    q = (tl.load(q_ptr + d, mask=inside, other=0.0).to(tl.float32) * cos
+         + tl.load(q_ptr + partner, mask=inside, other=0.0).to(tl.float32) * sin).to(ty)
+    k = (tl.load(q_ptr + H * D + d, mask=inside, other=0.0).to(tl.float32) * cos
+         + tl.load(q_ptr + H * D + partner, mask=inside, other=0.0).to(tl.float32) * sin).to(ty)
+    v = tl.load(q_ptr + 2 * H * D + d, mask=inside, other=0.0)
     # into the cache at its slot
     cache_ty = k_ptr.dtype.element_ty
     k_row = k_ptr + b * stride_cb + h * stride_ch
     v_row = v_ptr + b * stride_cb + h * stride_ch
-    tl.store(k_row + slot * stride_cs + j, k1.to(cache_ty), mask=in_j)
-    tl.store(k_row + slot * stride_cs + D // 2 + j, k2.to(cache_ty), mask=in_j)
-    tl.store(v_row + slot * stride_cs + d, v.to(cache_ty), mask=in_d)
-    # online softmax (flash attention), starting from the token itself: a row attends to its valid past slots
-    # and to its own token, real or not (a finished row's pad query sees itself, as model.Transformer's mask)
-    m = tl.sum(q1 * k1.to(cache_ty).to(tl.float32) + q2 * k2.to(cache_ty).to(tl.float32), axis=0) * scale
+    tl.store(k_row + slot * stride_cs + d, k.to(cache_ty), mask=inside)
+    tl.store(v_row + slot * stride_cs + d, v.to(cache_ty), mask=inside)
+    # online softmax (flash attention) over the row's valid past slots, starting from the token itself. A row
+    # that has finished (its token is padding, not valid) attends to itself only: its output is never used, so
+    # its past is not read.
+    q = q.to(tl.float32)
+    m = tl.sum(q * k.to(cache_ty).to(tl.float32), axis=0) * scale
     total = tl.full([], 1.0, tl.float32)
     acc = v.to(cache_ty).to(tl.float32)
-    for start in range(0, slot, BLOCK_S):  # only the slots filled so far
+    n_past = tl.where(tl.load(valid_ptr + b * stride_vb + slot) != 0, slot, 0)
+    for start in range(0, n_past, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
-        past = (s < slot) & (tl.load(valid_ptr + b * stride_vb + s, mask=s < slot, other=0) != 0)
-        keys1 = tl.load(k_row + s[:, None] * stride_cs + j[None, :], mask=past[:, None] & in_j[None, :], other=0.0)
-        keys2 = tl.load(k_row + s[:, None] * stride_cs + D // 2 + j[None, :], mask=past[:, None] & in_j[None, :],
-                        other=0.0)
-        scores = tl.sum(keys1.to(tl.float32) * q1[None, :] + keys2.to(tl.float32) * q2[None, :], axis=1) * scale
-        scores = tl.where(past, scores, float("-inf"))
+        past = (s < n_past) & (tl.load(valid_ptr + b * stride_vb + s, mask=s < n_past, other=0) != 0)
+        tile = past[:, None] & inside[None, :]
+        keys = tl.load(k_row + s[:, None] * stride_cs + d[None, :], mask=tile, other=0.0)
+        scores = tl.where(past, tl.sum(keys.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=0))
         p = tl.exp(scores - m_new)
         rescale = tl.exp(m - m_new)
-        values = tl.load(v_row + s[:, None] * stride_cs + d[None, :], mask=past[:, None] & in_d[None, :], other=0.0)
+        values = tl.load(v_row + s[:, None] * stride_cs + d[None, :], mask=tile, other=0.0)
         acc = acc * rescale + tl.sum(p[:, None] * values.to(tl.float32), axis=0)
         total = total * rescale + tl.sum(p, axis=0)
         m = m_new
-    tl.store(out_ptr + (b * H + h) * D + d, (acc / total).to(out_ptr.dtype.element_ty), mask=in_d)
+    tl.store(out_ptr + (b * H + h) * D + d, (acc / total).to(out_ptr.dtype.element_ty), mask=inside)
 
 
 ATTEND_BLOCK_S = 128  # past slots a program reads at a time
@@ -121,8 +122,9 @@ ATTEND_BLOCK_S = 128  # past slots a program reads at a time
 def attend_one_step(qkv, cos, sin, k_cache, v_cache, valid, slot):
     """A decoding step of model.Attention after its qkv projection, in one kernel: rotate this token's query and
     key (RoPE), write its key and value into the cache at `slot`, and attend over the row's valid past slots and
-    the token itself. qkv [B, 1, 3, H, D]; cos, sin [B, 1, D/2] float32; k_cache, v_cache [B, H, S, D] (views of
-    the cache's buffers); valid [B, S] bool; slot [1] long, on the device (no host sync: CUDA-graph safe).
+    the token itself (a finished row, whose token is not valid at `slot`, over itself only). qkv [B, 1, 3, H, D];
+    cos, sin [B, 1, D/2] float32; k_cache, v_cache [B, H, S, D] (views of the cache's buffers); valid [B, S] bool,
+    this step's slot included; slot [1] long, on the device (no host sync: CUDA-graph safe).
     Returns [B, 1, H * D], the heads side by side as the output projection takes them."""
     B, T, _, H, D = qkv.shape
     assert T == 1 and qkv.is_contiguous() and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
@@ -130,7 +132,7 @@ def attend_one_step(qkv, cos, sin, k_cache, v_cache, valid, slot):
     _attend_one_step_kernel[(B, H)](
         qkv, cos.contiguous(), sin.contiguous(), k_cache, v_cache, valid, slot, out, D ** -0.5,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), valid.stride(0), H=H, D=D,
-        BLOCK_J=triton.next_power_of_2(D // 2), BLOCK_D=triton.next_power_of_2(D), BLOCK_S=ATTEND_BLOCK_S)
+        BLOCK_D=triton.next_power_of_2(D), BLOCK_S=ATTEND_BLOCK_S)
     return out
 
 

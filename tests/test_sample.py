@@ -106,3 +106,40 @@ def test_decoding_kernels_are_as_accurate_as_the_plain_bf16_copy():
     # the kernels round differently from PyTorch's ops but no worse (a wrong kernel errs by far more than bf16)
     assert fused_err.mean() < 1.25 * plain_err.mean()
     assert fused_err.quantile(0.999) < 1.5 * plain_err.quantile(0.999)
+
+
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_compaction_slot_buckets_and_row_budgets_keep_greedy_exact(monkeypatch, attention):
+    """Many rows that stop at different steps (the decoder compacts them away), generations that cross slot
+    buckets, and a budget per row: each row still decodes exactly as the uncached forward alone."""
+    torch.manual_seed(2)
+    model = Transformer(make_config("tiny", attention=attention)).eval()
+    prompts = [torch.randint(0, 450, (n,)).tolist() for n in (3, 17, 8, 1, 12, 5, 9, 14, 2)]
+    stop_ids = list(range(0, 450, 29))  # one token in 29 stops a row: rows end at many different steps
+    budgets = [90, 40, 90, 7, 90, 90, 1, 90, 90]
+    batch_sizes = []
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, order, slots, real=KVCache.keep_rows:
+                        batch_sizes.append(len(order)) or real(self, order, slots))
+    got = Decoder(model).generate(prompts, budgets, temperature=0, stop_ids=stop_ids)
+    want = [greedy_without_cache(model, p, n, stop_ids) for p, n in zip(prompts, budgets)]
+    assert got == want
+    assert len({len(g) for g in got}) > 3  # rows really ended at different steps
+    assert batch_sizes and batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < 12
+    # without stop tokens the budgets alone end the rows, and the long ones cross slot buckets
+    got = Decoder(model).generate(prompts, budgets, temperature=0, stop_ids=[])
+    assert got == [greedy_without_cache(model, p, n, []) for p, n in zip(prompts, budgets)]
+    assert [len(g) for g in got] == budgets and max(map(len, prompts)) + max(budgets) > SLOT_BUCKET
+
+
+def test_bucket_sizes():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 7, 9, 13, 100, 500, 512, 513)] == \
+        [2, 2, 3, 4, 6, 8, 12, 16, 128, 512, 512, 768]
+
+
+def test_cli_rejects_bad_numbers_and_target_before_loading():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, message in [(["--numbers", "3", "--target", "3"], "2 or more numbers"),
+                          (["--numbers", "3", "7", "11", "--target", "500"], "target must be in 1..100")]:
+        run = subprocess.run([sys.executable, "sample.py", "--ckpt", "no-such.pt", *args], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and message in run.stderr, run.stderr
