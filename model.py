@@ -390,10 +390,11 @@ class MoE(nn.Module):
     def pack_for_decoding(self):
         """The routed experts and the shared ones as one SwiGLU of E*H + H_s hidden units (routed expert e's
         units are e*H .. (e+1)*H - 1), its input projections one matrix (kernels/decode.swiglu_experts), from the
-        current weights; written in place after the first call, as CUDA graphs captured since then read them there."""
+        current weights; written in place after the first call, as CUDA graphs captured since then read them
+        there."""
         E, H, D = self.w1.shape
         shared = self.shared
-        w13, w2 = self.packed if hasattr(self, "packed") else (None, None)  # in place: graphs read them there
+        w13, w2 = self.packed if hasattr(self, "packed") else (None, None)
         self.packed = (
             torch.cat([self.w1.reshape(E * H, D), shared.w1.weight, self.w3.reshape(E * H, D), shared.w3.weight],
                       out=w13),

@@ -57,9 +57,10 @@ class Decoder:
     - Weights: on a GPU the decoder reads a bf16 copy of the model, refreshed at the start of every call
       (RL updates the fp32 weights in between); autocast would recast every matrix on every step.
     - Kernels: in plain PyTorch a step is ~280 small kernels, a few microseconds each whatever the batch; the
-      copy runs about ten a layer (kernels/decode.py; fused_kernels=False: none of it): RMSNorm; the qkv matmul;
-      RoPE, the cache write and attention over the row's filled slots in one kernel; the output matmul; and the
-      router with every expert as one SwiGLU (a matmul, one kernel, a matmul).
+      copy runs about a dozen a layer (kernels/decode.py; fused_kernels=False: none of it): RMSNorm; the qkv
+      matmul; RoPE, the cache write and attention over the row's filled slots in one kernel (a finished row
+      reads none); the output matmul; the router; and every expert as one SwiGLU (a matmul, one kernel, a
+      matmul).
     - Finished rows stop costing: every few steps the rows still decoding are moved to the front of the batch
       (KVCache.keep_rows) once they fit a smaller batch `bucket`, and later steps run only those.
     - Attention spans the slots filled so far (the plain path: rounded up to SLOT_BUCKET, KVCache.view), not
