@@ -9,7 +9,8 @@ Rollouts on the RL workload: one RL step's rollout batch (64 training prompts x 
 recorded from a trained policy (benchmarks/rl_lengths.json, written by --record-lengths CKPT), timed beside the
 least HBM traffic such a decode needs, for the small preset with multi-head attention (MHA), with and without the
 fused decoding kernels (kernels/decode.py), and with multi-head latent attention (MLA, absorbed decode; model.py),
-and for an earlier commit's code (its Decoder, kept across calls, or before 7104019 its sample.generate).
+and for an earlier commit's code (its Decoder, kept across calls, or before 7104019 its sample.generate). Then the
+time of one decoding step with every row live, at 8, 64 and 512 rows, with and without the fused kernels.
 
 Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Countdown prompts at batch 64 and 256,
 for (1) sample.generate (static KV cache, bf16, CUDA-graph decoding), (2) the same model without a cache (a full
@@ -154,7 +155,7 @@ print(how, sorted(times)[1])
 """
 
 
-# label: (model overrides, Decoder options); "no fused kernels": RMSNorm, RoPE and the router as PyTorch ops
+# label: (model overrides, Decoder options); "no fused kernels": the whole step as PyTorch ops
 DECODER_VARIANTS = {"MHA": (dict(attention="mha"), {}),
                     "MHA, no fused kernels": (dict(attention="mha"), dict(fused_kernels=False)),
                     "MLA": (dict(attention="mla", mla_decode="absorb"), {})}
@@ -196,6 +197,26 @@ def rollout_roofline(old_tree=None):
               f"{first if first else float('nan'):>12.1f}")
     if old_tree:
         print(f"MHA speed-up over the earlier commit: {rows[-1][2] / rows[0][2]:.1f}x")
+
+
+def decode_step_times(row_counts=(8, 64, 512), short=128, long=512):
+    """Milliseconds per decoding step with every row live, MHA with and without the fused kernels: a Decoder
+    generates `short` and `long` new tokens for `rows` RL prompts (no stop ids, so no row ends early), and a step
+    is the difference over long - short steps (prefill and per-call costs cancel; the steps span slots ~240-626)."""
+    prompts = rl_prompts()
+    print(f"\nDecoding step, every row live, mean over new tokens {short}..{long} (ms per step)")
+    print(f"{'rows':>5} | " + " | ".join(f"{label:>21}" for label in DECODER_VARIANTS if label.startswith("MHA")))
+    decoders = {}
+    for label, (overrides, options) in DECODER_VARIANTS.items():
+        if label.startswith("MHA"):
+            torch.manual_seed(0)
+            decoders[label] = Decoder(Transformer(make_config("small", **overrides)).cuda(), **options)
+    for rows in row_counts:
+        steps = []
+        for decoder in decoders.values():
+            run = lambda n: timed(lambda: decoder.generate(prompts[:rows], n, temperature=1.0, stop_ids=[]))
+            steps.append((run(long) - run(short)) / (long - short))
+        print(f"{rows:>5} | " + " | ".join(f"{dt * 1000:>21.3f}" for dt in steps), flush=True)
 
 
 def update_on_rl_workload():
@@ -306,6 +327,7 @@ def main():
     if args.record_lengths:
         record_lengths(args.record_lengths, rl_prompts())
     rollout_roofline(args.old_tree)
+    decode_step_times()
     update_on_rl_workload()
     if not args.only_rollouts:
         compare_with_hf()
