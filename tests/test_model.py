@@ -233,6 +233,8 @@ def test_packed_decoding_weights_follow_the_weights_in_place(ffn):
     cfg = make_config("tiny")
     torch.manual_seed(0)
     module = MoE(cfg) if ffn == "moe" else SwiGLU(cfg.dim, cfg.dense_hidden)
+    for p in module.parameters():  # MoE's expert weights start uninitialised (Transformer initialises them)
+        torch.nn.init.normal_(p, std=0.02)
     module.pack_for_decoding()
     where = [w.data_ptr() for w in module.packed]
     with torch.no_grad():
