@@ -334,22 +334,14 @@ class Gate(nn.Module):
         # tokens routed to each expert since the last bias update (training steps only)
         self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
 
-    def logits(self, x):
-        return F.linear(x.float(), self.weight.float())  # in fp32, also in the decoder's bf16 copy
-
     def forward(self, x):
-        scores = torch.sigmoid(self.logits(x))                                 # s_i,t
+        scores = torch.sigmoid(F.linear(x.float(), self.weight.float()))      # s_i,t
         idx = torch.topk(scores + self.bias, self.topk, dim=-1).indices        # bias affects the choice only
         weights = scores.gather(-1, idx)
         weights = weights / weights.sum(-1, keepdim=True) * self.route_scale   # g_i,t
         if self.training:
             self.load += expert_counts(idx, self.load.numel())
         return weights.type_as(x), idx
-
-    def dense_gates(self, x):
-        """[N, E]: each token's gate for every routed expert, 0 for the experts it did not choose."""
-        weights, idx = self(x)
-        return torch.zeros(x.shape[0], self.weight.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
 
     @torch.no_grad()
     def update_bias(self):
@@ -380,11 +372,9 @@ class MoE(nn.Module):
         if self.fused_decode and x.shape[0] <= DENSE_MAX_TOKENS:
             E, H, _ = self.w1.shape
             return decode_kernels.swiglu_experts(x, *self.packed, self.gate, E, H).view(shape)
-        if x.shape[0] <= DENSE_MAX_TOKENS:
-            routed = self.routed_dense(x, self.gate.dense_gates(x))
-        else:
-            routed = self.routed_grouped(x, *self.gate(x))
-        return (routed + self.shared(x)).view(shape)
+        weights, idx = self.gate(x)
+        routed = self.routed_dense if x.shape[0] <= DENSE_MAX_TOKENS else self.routed_grouped
+        return (routed(x, weights, idx) + self.shared(x)).view(shape)
 
     @torch.no_grad()
     def pack_for_decoding(self):
@@ -403,7 +393,8 @@ class MoE(nn.Module):
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates
     # (zero for unchosen experts) is cheapest there, and it needs no host sync, so it fits CUDA graphs.
-    def routed_dense(self, x, gates):
+    def routed_dense(self, x, weights, idx):
+        gates = torch.zeros(x.shape[0], self.w1.shape[0], dtype=x.dtype, device=x.device).scatter_(1, idx, weights)
         h = F.silu(torch.einsum("nd,ehd->neh", x, self.w1)) * torch.einsum("nd,ehd->neh", x, self.w3)
         return torch.einsum("neh,edh,ne->nd", h, self.w2, gates)
 
