@@ -515,6 +515,12 @@ class Transformer(nn.Module):
             cache.n_real += real.sum(1)
         return self.head(self.norm(x)).float()
 
+    def pack_for_decoding(self):
+        """Each block's feed-forward layer packs its matrices for the fused decoding step (a MoE packs its shared
+        expert with its routed ones, so that one is not packed on its own)."""
+        for layer in self.layers:
+            layer.ffn.pack_for_decoding()
+
     def gates(self):
         return [layer.ffn.gate for layer in self.layers if isinstance(layer.ffn, MoE)]
 

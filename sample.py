@@ -97,9 +97,8 @@ class Decoder:
             return
         for mine, theirs in zip(self.net.state_dict().values(), self.model.state_dict().values()):
             mine.copy_(theirs)
-        for module in self.net.modules():
-            if getattr(module, "fused_decode", False) and hasattr(module, "pack_for_decoding"):
-                module.pack_for_decoding()
+        if self.net.fused_decode:
+            self.net.pack_for_decoding()
 
     def _allocate(self, rows, slots):
         self.rows, self.slots, self.graphs = rows, slots, {}
