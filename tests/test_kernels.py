@@ -206,6 +206,13 @@ def test_rms_norm(dtype, D):
     torch.testing.assert_close(out.double(), ref, rtol=2 * EPS[dtype], atol=1e-6)
 
 
+def rope_reference(x, cos, sin):
+    """model.apply_rope in float64: rotate the pairs (x[i], x[i + D/2]) by the position's angle."""
+    x1, x2 = x.double().chunk(2, dim=-1)
+    cos, sin = cos.double(), sin.double()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("H,D", [(6, 64), (3, 12)])  # (3, 12): 2H and D/2 not powers of two
 def test_rope_queries_keys(dtype, H, D):
@@ -214,11 +221,8 @@ def test_rope_queries_keys(dtype, H, D):
     cos, sin = model.rope_tables(D, 64, 10000.0)
     positions = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(4))
     q, k = decode.rope_queries_keys(qkv, cos[positions], sin[positions])
-    # float64 reference: rotate pairs (x[i], x[i + D/2]) of every query and key head by its position's angle
-    x = qkv[:, :, :2].double().permute(2, 0, 3, 1, 4)                        # [2, B, H, T, D]
-    c, s = cos[positions].double()[:, None], sin[positions].double()[:, None]  # [B, 1, T, D/2]
-    x1, x2 = x.chunk(2, dim=-1)
-    ref = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+    # every query and key head [2, B, H, T, D] by its position's angle [B, 1, T, D/2]
+    ref = rope_reference(qkv[:, :, :2].permute(2, 0, 3, 1, 4), cos[positions][:, None], sin[positions][:, None])
     assert q.dtype == k.dtype == dtype and q.shape == k.shape == (B, H, T, D)
     torch.testing.assert_close(torch.stack([q, k]).double(), ref, rtol=2 * EPS[dtype], atol=1e-6)
 
@@ -242,10 +246,8 @@ def test_attend_one_step(dtype, H, D, slot):
                                  torch.tensor([slot]))
     # float64 reference: rotate q and k (rounded to dtype, as the kernel and the plain path round them), then
     # softmax attention over the valid slots before `slot` (none for a finished row) and the token itself
-    x = qkv[:, 0, :2].double()                                                   # [B, 2, H, D]
-    c, s = cos[positions].double()[:, None, None], sin[positions].double()[:, None, None]
-    x1, x2 = x.chunk(2, dim=-1)
-    q, k = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(dtype).double().unbind(1)  # [B, H, D]
+    rotated = rope_reference(qkv[:, 0, :2], cos[positions][:, None, None], sin[positions][:, None, None])
+    q, k = rotated.to(dtype).double().unbind(1)                                  # [B, H, D] each
     v = qkv[:, 0, 2].double()
     torch.testing.assert_close(k_cache[:, :, slot].double(), k, rtol=2 * EPS[dtype], atol=1e-6)
     assert torch.equal(v_cache[:, :, slot].double(), v)
