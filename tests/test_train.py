@@ -153,7 +153,8 @@ def test_tiny_pipeline_end_to_end_with_kill_and_resume(tmp_path):
 def test_pretraining_resumes_from_its_checkpoint(tmp_path):
     """An interrupted pretraining (pretrain.pt, no base.pt) continues from its step: every step logged once, one
     config row per start."""
-    args = TINY + ["--out-dir", str(tmp_path), "--log-every", "1", "--rl-steps", "0", "--eval-problems", "0"]
+    args = TINY + ["--out-dir", str(tmp_path), "--log-every", "1", "--rl-steps", "0", "--eval-problems", "0",
+                   "--pretrain-checkpoint-every", "10"]
     train.main(train.parse_args(args + ["--pretrain-steps", "25"]))
     os.remove(tmp_path / "base.pt")  # as if killed after the step-20 checkpoint
     assert load_checkpoint(str(tmp_path / "pretrain.pt"), torch.device("cpu"))["step"] == 20
