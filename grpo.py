@@ -242,21 +242,19 @@ class GRPOConfig:
             raise ValueError("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens")
 
 
-def pack_sequences(prompts, completions, pad_id, widths=None):
-    """Lay out prompt + completion rows for one training forward pass: prompts left-padded to a common
-    length (so every completion starts at the same column), completions right-padded.
-    widths: (prompt, completion) widths to pad to, at least the longest of each (the default).
-    Returns tokens [N, L], real [N, L] (True for non-padding) and response [N, L] (True on completion tokens)."""
-    P, C = widths or (max(len(p) for p in prompts), max(len(c) for c in completions))
-    L = P + C
-    tokens = torch.full((len(prompts), L), pad_id, dtype=torch.long)
-    real = torch.zeros(len(prompts), L, dtype=torch.bool)
-    response = torch.zeros_like(real)
+def pack_sequences(prompts, completions, pad_id, width=None):
+    """Lay out prompt + completion rows for one training forward pass: each row's prompt and completion from
+    column 0, then padding to `width` (at least the longest row, the default). Padding only ever follows a row's
+    tokens, so a plain causal forward without a pad mask computes every real token exactly as if it were alone
+    (no real token attends to padding; positions count from 0), on the fast causal attention kernels.
+    Returns tokens [N, L] and response [N, L] (True on completion tokens)."""
+    ends = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    tokens = torch.full((len(prompts), width or max(ends)), pad_id, dtype=torch.long)
+    response = torch.zeros_like(tokens, dtype=torch.bool)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        tokens[i, P - len(p):P + len(c)] = torch.tensor(p + c)
-        real[i, P - len(p):P + len(c)] = True
-        response[i, P:P + len(c)] = True
-    return tokens, real, response
+        tokens[i, :ends[i]] = torch.tensor(p + c)
+        response[i, len(p):ends[i]] = True
+    return tokens, response
 
 
 def minibatch_rows(n_prompts, G, minibatches, generator):
@@ -310,15 +308,16 @@ class GRPOTrainer:
         if "split_rng" in state:  # absent from checkpoints written before data parallelism
             self.split_rng.set_state(state["split_rng"])
 
-    def token_logprobs(self, model, tokens, real, response, return_entropy=False):
-        """log π(token | prefix) for every position of the completion region, [N, L-1] (0 elsewhere)."""
+    def token_logprobs(self, model, tokens, return_entropy=False):
+        """log π(token | prefix) at every position of rows laid out by pack_sequences, [N, L-1] (what follows a
+        row's end is padding's, which the loss masks out)."""
         with self.autocast:
-            logits = model(tokens[:, :-1], pad_mask=real[:, :-1])
+            logits = model(tokens[:, :-1])  # no pad mask: padding only follows each row's tokens
         return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
                               return_entropy=return_entropy)
 
     @torch.no_grad()
-    def token_logprobs_by_length(self, model, tokens, real, response, ends, chunk_rows=128):
+    def token_logprobs_by_length(self, model, tokens, ends, chunk_rows=128):
         """token_logprobs without a gradient, in chunks of rows of similar length, each cut after its longest row
         (ends [N]: one past each row's last token, on the host so that slicing waits for nothing). A batch of
         rollouts runs from tens of tokens to the cap; one pass over all of it pays for the cap on every row.
@@ -327,8 +326,7 @@ class GRPOTrainer:
         out = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device)
         for rows in ends.argsort().split(chunk_rows):
             width, rows = int(ends[rows].max()), rows.to(tokens.device)
-            out[rows, :width - 1] = self.token_logprobs(model, tokens[rows, :width], real[rows, :width],
-                                                        response[rows, :width])
+            out[rows, :width - 1] = self.token_logprobs(model, tokens[rows, :width])
         return out
 
     def step(self, rows):
@@ -399,21 +397,19 @@ class GRPOTrainer:
         advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
 
         # log-probs of the behaviour policy (old) and the reference, before any update. Every rank pads to the
-        # longest prompt and completion of all ranks: the ranks' rows are then exactly one process's rows, padding
-        # included (padding tokens pass through the routers and count in their load).
-        widths = [max(len(p) for p in prompts), max(len(c) for c in completions)]
+        # longest row of all ranks: the ranks' rows are then exactly one process's rows, padding included
+        # (padding tokens pass through the routers and count in their load).
+        ends = torch.tensor([len(p) + len(c) for p, c in zip(prompts, completions)])  # one past each row's end
+        width = int(ends.max())
         if W > 1:
-            widths = [int(w) for w in distributed.all_reduce_([torch.tensor(widths, device=self.device)], "max")[0]]
-        packed = pack_sequences(prompts, completions, self.pad_id, widths)
-        ends = widths[0] + torch.tensor([len(c) for c in completions])  # prompts end together at column P
-        tokens, real, response = (t.to(self.device) for t in packed)
+            width = int(distributed.all_reduce_([torch.tensor([width], device=self.device)], "max")[0])
+        tokens, response = (t.to(self.device) for t in pack_sequences(prompts, completions, self.pad_id, width))
         mask = response[:, 1:]
         if keep is not None:
             mask = mask & keep.to(self.device)[:, None]
         model.eval()
-        old_logp = self.token_logprobs_by_length(model, tokens, real, response, ends)
-        ref_logp = (self.token_logprobs_by_length(self.ref, tokens, real, response, ends)
-                    if self.ref is not None else None)
+        old_logp = self.token_logprobs_by_length(model, tokens, ends)
+        ref_logp = self.token_logprobs_by_length(self.ref, tokens, ends) if self.ref is not None else None
         model.train()
 
         logs = []
@@ -436,8 +432,7 @@ class GRPOTrainer:
                     # gradient accumulation: under DDP only the last micro-batch's backward all-reduces
                     last = k == len(chunks) - 1
                     with contextlib.nullcontext() if W == 1 or last else self.train_model.no_sync():
-                        logp, entropy = self.token_logprobs(self.train_model, tokens[idx], real[idx], response[idx],
-                                                            return_entropy=True)
+                        logp, entropy = self.token_logprobs(self.train_model, tokens[idx], return_entropy=True)
                         loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
                                                 advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
                                                 cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,

@@ -231,16 +231,15 @@ def update_on_rl_workload():
     torch.manual_seed(0)
     model = Transformer(make_config("small")).cuda()
     trainer = GRPOTrainer(model, GRPOConfig(), torch.device("cuda"))
-    tokens, real, response = (t.cuda() for t in pack_sequences(prompts, completions, trainer.pad_id))
-    ends = max(map(len, prompts)) + torch.tensor(lengths)
+    tokens, response = (t.cuda() for t in pack_sequences(prompts, completions, trainer.pad_id))
+    ends = torch.tensor([len(p) for p in prompts]) + torch.tensor(lengths)
     model.eval()
-    padded = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response, ends,
-                                                             chunk_rows=len(prompts)))
-    chunked = timed(lambda: trainer.token_logprobs_by_length(model, tokens, real, response, ends))
+    padded = timed(lambda: trainer.token_logprobs_by_length(model, tokens, ends, chunk_rows=len(prompts)))
+    chunked = timed(lambda: trainer.token_logprobs_by_length(model, tokens, ends))
     reward = torch.rand(len(prompts) // 8, 8, generator=g).round()
     update = timed(lambda: trainer.update(prompts, completions, reward))
     print(f"\nPolicy update on the RL workload: {len(prompts)} rows, {tokens.shape[1]} columns padded; "
-          f"real tokens {int(real.sum()):,} of {real.numel():,}")
+          f"real tokens {int(ends.sum()):,} of {tokens.numel():,}")
     print(f"{'step':>44} | {'s':>6}")
     for label, dt in (("no-grad log-prob pass, one padded batch", padded),
                       ("no-grad log-prob pass, length-sorted chunks", chunked), ("GRPOTrainer.update", update)):

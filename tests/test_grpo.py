@@ -475,6 +475,31 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_packed_rows_score_each_token_as_the_row_alone():
+    """pack_sequences puts padding only after each row, so the training forward needs no pad mask: every
+    completion token's log-prob in the packed batch is the one of its row run alone, unpadded."""
+    from grpo import GRPOConfig, GRPOTrainer, pack_sequences
+    from model import Transformer, make_config
+
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny")).eval()
+    trainer = GRPOTrainer(model, GRPOConfig(group_size=2, kl_beta=0.0), torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in (3, 6, 2, 5)]
+    completions = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in (7, 1, 0, 4)]
+    tokens, response = pack_sequences(prompts, completions, trainer.pad_id, width=14)
+    assert tokens.shape == (4, 14) and response.sum(1).tolist() == [7, 1, 0, 4]
+    with torch.no_grad():
+        packed = trainer.token_logprobs(model, tokens)
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            if not c:
+                continue
+            alone = trainer.token_logprobs(model, torch.tensor([p + c]))[0]
+            torch.testing.assert_close(packed[i, len(p) - 1:len(p) + len(c) - 1], alone[len(p) - 1:],
+                                       rtol=1e-5, atol=1e-6)
+            assert response[i, len(p):len(p) + len(c)].all() and tokens[i, len(p) + len(c):].eq(trainer.pad_id).all()
+
+
 def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
     """The no-grad passes (behaviour and reference log-probs) run in chunks of similar length, each cut after its
     longest row: every response token's log-prob is the one of a single pass over the whole padded batch."""
@@ -487,13 +512,13 @@ def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (7,), generator=g)]
     completions = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in [0, 9, 1, 4, 9, 2, 6]]
-    tokens, real, response = pack_sequences(prompts, completions, trainer.pad_id)
-    ends = max(map(len, prompts)) + torch.tensor([len(c) for c in completions])
+    tokens, response = pack_sequences(prompts, completions, trainer.pad_id)
+    ends = torch.tensor([len(p) + len(c) for p, c in zip(prompts, completions)])
     with torch.no_grad():
-        whole = trainer.token_logprobs(model, tokens, real, response)
+        whole = trainer.token_logprobs(model, tokens)
     mask = response[:, 1:]
     for chunk_rows in (1, 3, 64):
-        chunked = trainer.token_logprobs_by_length(model, tokens, real, response, ends, chunk_rows=chunk_rows)
+        chunked = trainer.token_logprobs_by_length(model, tokens, ends, chunk_rows=chunk_rows)
         assert chunked.shape == whole.shape
         torch.testing.assert_close(chunked[mask], whole[mask], rtol=1e-5, atol=1e-5)
         assert (chunked[mask] != 0).all()
