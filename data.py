@@ -45,6 +45,7 @@ Second language (off by default; for R1-Zero's language mixing, DeepSeek-R1 sec.
     to 0, and the random draw is skipped at 0, so the default corpus is the same byte for byte as before.
 """
 
+import array
 import base64
 import functools
 import hashlib
@@ -418,6 +419,11 @@ def corpus_tokens(n_tokens, seed=0, cfg=CorpusConfig()):
         for ids in enc.encode_batch(docs, allowed_special="all"):
             out.extend(ids)
     return out
+
+
+def corpus_array(n_tokens, seed=0, cfg=CorpusConfig()):
+    """corpus_tokens as an array of int32: 4 bytes a token, to hand from one process to another."""
+    return array.array("i", corpus_tokens(n_tokens, seed, cfg))
 
 
 if __name__ == "__main__":

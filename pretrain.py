@@ -5,8 +5,12 @@ stages, and distill.py's students).
 """
 
 import math
+import multiprocessing
 import os
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 
 import numpy as np
@@ -28,26 +32,62 @@ def lr_at(step, total, peak, warmup):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine down to 10%
 
 
+def corpus_stream(n_tokens, seed, cfg):
+    """The corpus stream [n] (long), generated in this process."""
+    # through numpy: twice as fast as torch.tensor on a list of 20M ints
+    return torch.from_numpy(np.array(data.corpus_tokens(n_tokens, seed=seed, cfg=cfg), dtype=np.int64))
+
+
+def corpus_stream_beside(n_tokens, seed, cfg, work):
+    """The corpus stream [n] (long), generated in a fresh process while `work()` runs in this one. Should that
+    process die (a script without an `if __name__ == "__main__":` guard re-runs itself in a spawned child, which
+    Python stops), the stream is generated here after `work()`, as without this overlap."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # spawn: CUDA-safe
+        corpus = pool.submit(data.corpus_array, n_tokens, seed, cfg)  # the child imports data.py, not torch
+        work()
+        try:
+            return torch.from_numpy(np.frombuffer(corpus.result(), dtype=np.int32)).long()
+        except BrokenProcessPool:
+            print("pretrain: the corpus process failed to start; generating the corpus here", file=sys.stderr)
+    return corpus_stream(n_tokens, seed, cfg)
+
+
+def compile_warm_up(train_model, model, rows, seq_len, autocast, device):
+    """Run the compiled forward and backward once on a batch of zeros, so that torch.compile compiles them now,
+    and leave no trace of it: no optimizer step, the gradients dropped, the routers' load counts zeroed."""
+    tokens = torch.zeros(rows, seq_len + 1, dtype=torch.long, device=device)
+    with autocast:
+        logits = train_model(tokens[:, :-1])
+    F.cross_entropy(logits.view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
+    model.zero_grad(set_to_none=True)
+    for gate in model.gates():
+        gate.load.zero_()
+
+
 def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
     """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every
     cfg.pretrain_checkpoint_every steps."""
-    n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len)
-    stream = torch.from_numpy(np.array(  # through numpy: twice as fast as torch.tensor on a list of 20M ints
-        data.corpus_tokens(n_tokens + cfg.pretrain_seq_len + 1, seed=cfg.seed, cfg=cfg.corpus), dtype=np.int64))
-    # the whole stream on the device (160 MB for 20M tokens): a step's windows are gathered there from their start
-    # offsets, 64 numbers to copy, not 64 windows stacked on the host and copied over
-    n_starts, stream = len(stream) - cfg.pretrain_seq_len - 1, stream.to(device)
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     window = torch.arange(T + 1, device=device)
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
-    if device.type == "cuda" and not cfg.pretrain_eager:
-        train_model = torch.compile(train_model)  # fused kernels: 2x a small step on an H100 (benchmarks/RESULTS.md)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device.type == "cuda")  # one kernel per step on a GPU, not a dozen passes
     if opt_state:
         opt.load_state_dict(opt_state)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * B * T) + T + 1
+    if device.type == "cuda" and not cfg.pretrain_eager:
+        # fused kernels: 2x a small step on an H100 (benchmarks/RESULTS.md). Compiling the step and generating
+        # the corpus are the two long parts of the start (~28 s and ~10 s on an H100 host): side by side.
+        train_model = torch.compile(train_model)
+        stream = corpus_stream_beside(n_tokens, cfg.seed, cfg.corpus,
+                                      lambda: compile_warm_up(train_model, model, b, T, autocast, device))
+    else:
+        stream = corpus_stream(n_tokens, cfg.seed, cfg.corpus)
+    # the whole stream on the device (160 MB for 20M tokens): a step's windows are gathered there from their start
+    # offsets, 64 numbers to copy, not 64 windows stacked on the host and copied over
+    n_starts, stream = len(stream) - T - 1, stream.to(device)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
     model.train()
     t0, tokens_seen = time.time(), 0
