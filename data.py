@@ -232,14 +232,19 @@ def countdown_row(numbers, target, rng=None):
             "numbers": numbers, "target": target, "answer": str(target)}
 
 
-def countdown_dataset(split="train", n=None, seed=0):
-    """Countdown problems of a split as a `datasets.Dataset` (all of them, or n drawn without replacement)."""
-    from datasets import Dataset
+def countdown_rows(split="train", n=None, seed=0):
+    """Countdown problems of a split as task dicts (all of them, or n drawn without replacement)."""
     rng = random.Random(seed)
     problems = list(countdown_problems(split))
     if n is not None:
         problems = rng.sample(problems, min(n, len(problems)))
-    return Dataset.from_list([countdown_row(nums, t, rng) for nums, t in problems])
+    return [countdown_row(nums, t, rng) for nums, t in problems]
+
+
+def countdown_dataset(split="train", n=None, seed=0):
+    """countdown_rows as a `datasets.Dataset`."""
+    from datasets import Dataset  # imported here: 2 s that a run on the built-in problems does not need
+    return Dataset.from_list(countdown_rows(split, n, seed))
 
 
 def arithmetic_expression(rng) -> Expr:
@@ -300,7 +305,7 @@ def problem_rows(split, n=None, seed=0, path=""):
     """The problems RL trains on or the evaluation scores, as task dicts: a user's JSONL file (load_jsonl) if
     `path`, else the Countdown split; n of them drawn without replacement by seed (all if n is None)."""
     if not path:
-        return countdown_dataset(split, n=n, seed=seed).to_list()
+        return countdown_rows(split, n=n, seed=seed)
     rows = load_jsonl(path).to_list()
     return rows if n is None else random.Random(seed).sample(rows, min(n, len(rows)))
 

@@ -119,6 +119,7 @@ def test_load_jsonl(tmp_path):
 
 def test_problem_rows_from_a_file_or_a_split(tmp_path):
     assert data.problem_rows("test", 5, seed=1) == data.countdown_dataset("test", n=5, seed=1).to_list()
+    assert data.problem_rows("train", seed=0) == data.countdown_dataset("train", seed=0).to_list()
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(6)))
     every = data.problem_rows("train", path=str(path))
