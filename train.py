@@ -56,7 +56,7 @@ CPU_SETUP = {
     "corpus_p_reflect": 0.6, "corpus_first_turn_reflect_scale": 0.1667, "corpus_max_attempts": 6,
     "corpus_p_correct": 0.25, "corpus_p_second_language_reflect": 0.0,
     "rl_steps": 60, "rl_prompts_per_step": 16, "rl_max_new_tokens": 256, "rl_lr": 2e-4,
-    "eval_problems": 100, "eval_samples": 4, "checkpoint_every": 10,
+    "eval_problems": 100, "eval_samples": 4, "checkpoint_every": 10, "pretrain_checkpoint_every": 200,
 }
 
 
