@@ -8,6 +8,8 @@ RoPE, the cache write and attention over only the row's filled slots in one (att
 (one program per row), all experts, routed and shared, as one SwiGLU of two matmuls with one kernel between
 (swiglu_experts). The math is the model's own (model.py), in float32 as there (benchmarks/RESULTS.md measures it).
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -67,7 +69,7 @@ def rope_queries_keys(qkv, cos, sin):
 @triton.jit
 def _attend_one_step_kernel(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr, scale,
                             stride_cb, stride_ch, stride_cs, stride_vb, H: tl.constexpr, D: tl.constexpr,
-                            BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+                            BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, INTERPRETED: tl.constexpr):
     b, h = tl.program_id(0), tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
     inside = d < D
@@ -101,20 +103,37 @@ def _attend_one_step_kernel(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, 
     total = tl.full([], 1.0, tl.float32)
     acc = v.to(cache_ty).to(tl.float32)
     n_past = tl.where(tl.load(valid_ptr + b * stride_vb + slot) != 0, slot, 0)
-    for start in range(0, n_past, BLOCK_S):
-        s = start + tl.arange(0, BLOCK_S)
-        past = (s < n_past) & (tl.load(valid_ptr + b * stride_vb + s, mask=s < n_past, other=0) != 0)
-        tile = past[:, None] & inside[None, :]
-        keys = tl.load(k_row + s[:, None] * stride_cs + d[None, :], mask=tile, other=0.0)
-        scores = tl.where(past, tl.sum(keys.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=0))
-        p = tl.exp(scores - m_new)
-        rescale = tl.exp(m - m_new)
-        values = tl.load(v_row + s[:, None] * stride_cs + d[None, :], mask=tile, other=0.0)
-        acc = acc * rescale + tl.sum(p[:, None] * values.to(tl.float32), axis=0)
-        total = total * rescale + tl.sum(p, axis=0)
-        m = m_new
+    valid_row = valid_ptr + b * stride_vb
+    if INTERPRETED:  # the same tiles; Triton's interpreter before 3.7 cannot take a tensor as a range's bound
+        start = 0
+        while start < n_past:
+            m, total, acc = _attend_tile(start, n_past, q, d, inside, k_row, v_row, valid_row, stride_cs, scale,
+                                         m, total, acc, BLOCK_S)
+            start += BLOCK_S
+    else:
+        for start in range(0, n_past, BLOCK_S):
+            m, total, acc = _attend_tile(start, n_past, q, d, inside, k_row, v_row, valid_row, stride_cs, scale,
+                                         m, total, acc, BLOCK_S)
     tl.store(out_ptr + (b * H + h) * D + d, (acc / total).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _attend_tile(start, n_past, q, d, inside, k_row, v_row, valid_row, stride_cs, scale, m, total, acc,
+                 BLOCK_S: tl.constexpr):
+    # one tile of BLOCK_S past slots: their scores, then the running max m, softmax total and weighted sum of values
+    # rescaled to the new max
+    s = start + tl.arange(0, BLOCK_S)
+    past = (s < n_past) & (tl.load(valid_row + s, mask=s < n_past, other=0) != 0)
+    tile = past[:, None] & inside[None, :]
+    keys = tl.load(k_row + s[:, None] * stride_cs + d[None, :], mask=tile, other=0.0)
+    scores = tl.where(past, tl.sum(keys.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, axis=0))
+    p = tl.exp(scores - m_new)
+    rescale = tl.exp(m - m_new)
+    values = tl.load(v_row + s[:, None] * stride_cs + d[None, :], mask=tile, other=0.0)
+    acc = acc * rescale + tl.sum(p[:, None] * values.to(tl.float32), axis=0)
+    total = total * rescale + tl.sum(p, axis=0)
+    return m_new, total, acc
 
 
 ATTEND_BLOCK_S = 128  # past slots a program reads at a time
@@ -133,7 +152,8 @@ def attend_one_step(qkv, cos, sin, k_cache, v_cache, valid, slot):
     _attend_one_step_kernel[(B, H)](
         qkv, cos.contiguous(), sin.contiguous(), k_cache, v_cache, valid, slot, out, D ** -0.5,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), valid.stride(0), H=H, D=D,
-        BLOCK_D=triton.next_power_of_2(D), BLOCK_S=ATTEND_BLOCK_S)
+        BLOCK_D=triton.next_power_of_2(D), BLOCK_S=ATTEND_BLOCK_S,
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1")
     return out
 
 
@@ -159,7 +179,10 @@ def _router_kernel(x_ptr, weight_ptr, bias_ptr, gates_ptr, route_scale, DIM, E: 
 
 
 @triton.jit
-def _swiglu_hidden_kernel(a_ptr, gates_ptr, out_ptr, F, E: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr):
+def _swiglu_hidden_kernel(a_ptr, gates_ptr, out_ptr, F: tl.constexpr, E: tl.constexpr, H: tl.constexpr,
+                          BLOCK_H: tl.constexpr):
+    # F (hidden units in all) is a constant of the model: a range's bound that Triton's interpreter before 3.7 can
+    # take (it cannot take a tensor)
     # program (row, e): silu(gate proj) * up proj of routed expert e's H hidden units, times its gate;
     # e == E: the ungated rest (the shared experts, or a dense SwiGLU's whole hidden layer)
     row, e = tl.program_id(0), tl.program_id(1)
@@ -195,6 +218,6 @@ def swiglu_experts(x, w13, w2, gate=None, experts=0, expert_hidden=1):
         _router_kernel[(N,)](x, gate.weight, gate.bias, gates, gate.route_scale, dim, E=experts, TOPK=gate.topk,
                              BLOCK_E=triton.next_power_of_2(experts), BLOCK_DIM=triton.next_power_of_2(dim))
     hidden = torch.empty(N, F, dtype=x.dtype, device=x.device)
-    _swiglu_hidden_kernel[(N, experts + 1)](x @ w13.T, gates, hidden, F, E=experts, H=expert_hidden,
+    _swiglu_hidden_kernel[(N, experts + 1)](x @ w13.T, gates, hidden, F=F, E=experts, H=expert_hidden,
                                             BLOCK_H=triton.next_power_of_2(expert_hidden) if experts else 512)
     return hidden @ w2.T
