@@ -8,11 +8,10 @@ RoPE, the cache write and attention over only the row's filled slots in one (att
 (one program per row), all experts, routed and shared, as one SwiGLU of two matmuls with one kernel between
 (swiglu_experts). The math is the model's own (model.py), in float32 as there (benchmarks/RESULTS.md measures it).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 
 @triton.jit
@@ -153,7 +152,7 @@ def attend_one_step(qkv, cos, sin, k_cache, v_cache, valid, slot):
         qkv, cos.contiguous(), sin.contiguous(), k_cache, v_cache, valid, slot, out, D ** -0.5,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), valid.stride(0), H=H, D=D,
         BLOCK_D=triton.next_power_of_2(D), BLOCK_S=ATTEND_BLOCK_S,
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1")
+        INTERPRETED=isinstance(_attend_one_step_kernel, InterpretedFunction))
     return out
 
 

@@ -22,6 +22,18 @@ import torch  # noqa: E402
 import model  # noqa: E402
 from kernels import decode, logprobs, token_logprobs, token_logprobs_reference  # noqa: E402
 
+
+def _restore_interpret_env():
+    if _PREVIOUS_INTERPRET is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _PREVIOUS_INTERPRET
+
+
+# the kernels above are interpreted now, whatever the variable says; test modules collected with this one run as
+# before (a GPU machine's CUDA-graph tests must not run with it set), and this module's tests set it again below
+_restore_interpret_env()
+
 # relative error allowed in the grad from its rounding to logits' dtype: one ulp, as Triton's interpreter
 # rounds bfloat16 toward zero (the GPU rounds to nearest, half an ulp)
 EPS = {torch.float32: 1e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
@@ -31,12 +43,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def restore_interpret_env():
+def interpret_env():
+    os.environ["TRITON_INTERPRET"] = "1"  # kernels/logprobs.py runs CPU tensors through Triton only with it set
     yield  # the other test modules run with TRITON_INTERPRET as it was
-    if _PREVIOUS_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET")
-    else:
-        os.environ["TRITON_INTERPRET"] = _PREVIOUS_INTERPRET
+    _restore_interpret_env()
 
 
 @pytest.fixture
