@@ -110,7 +110,7 @@ class TrainConfig:
     # steps that was 15 s of a 4-minute run; every 1000 a crash loses at most ~30 s of pretraining
     pretrain_checkpoint_every: int = 1000  # pretraining steps between checkpoints
     # R1-Zero RL
-    # 100 reach every reproduction target on 3 seeds (results/README.md); 120, the earlier default, ~27 s more
+    # 100 reach every reproduction target on 3 seeds (results/README.md); 120, the earlier default, cost ~27 s more
     rl_steps: int = 100                 # GRPO steps of R1-Zero's RL
     rl_prompts_per_step: int = 64       # problems per RL step, global (x group_size = 512 rollouts, one decode batch)
     train_data: str = ""                # a JSONL file of your own RL problems (data.load_jsonl); "": Countdown's
