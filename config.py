@@ -121,7 +121,7 @@ class TrainConfig:
     eval_temperature: float = 0.6       # sampling temperature (R1's protocol: 0.6, top-p 0.95, pass@1 over k)
     eval_top_p: float = 0.95            # nucleus sampling's probability mass
     log_every: int = 10                 # steps between the metrics rows of pretraining and SFT (RL logs every step)
-    checkpoint_every: int = 50          # RL steps between checkpoints (~1 s each on an H100 host, the reference included)
+    checkpoint_every: int = 50          # RL steps between checkpoints (~1 s each on an H100, the reference included)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
     r1: R1Config = field(default_factory=R1Config)

@@ -14,8 +14,8 @@ ideal: N x its tokens/s over the one-GPU run's, and the one-GPU RL step over its
 
 Any option it does not know goes to train.py unchanged. Pretraining tokens/s is the steady rate between the
 first and the last logged step (global tokens over seconds, start-up left out; pretraining checkpoints, written
-every --pretrain-checkpoint-every steps (1000), fall after the last); rollout and update seconds are means over the RL steps after the
-first (which captures the CUDA graphs). Rollouts decode what the short-trained policy writes, so their lengths, and
+every --pretrain-checkpoint-every steps (1000), fall after the last); rollout and update seconds are means over
+the RL steps after the first (which captures the CUDA graphs). Rollouts decode what the short-trained policy writes, so their lengths, and
 the time they take, differ a little from run to run.
 """
 

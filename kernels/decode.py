@@ -180,10 +180,9 @@ def _router_kernel(x_ptr, weight_ptr, bias_ptr, gates_ptr, route_scale, DIM, E: 
 @triton.jit
 def _swiglu_hidden_kernel(a_ptr, gates_ptr, out_ptr, F: tl.constexpr, E: tl.constexpr, H: tl.constexpr,
                           BLOCK_H: tl.constexpr):
-    # F (hidden units in all) is a constant of the model: a range's bound that Triton's interpreter before 3.7 can
-    # take (it cannot take a tensor)
     # program (row, e): silu(gate proj) * up proj of routed expert e's H hidden units, times its gate;
-    # e == E: the ungated rest (the shared experts, or a dense SwiGLU's whole hidden layer)
+    # e == E: the ungated rest (the shared experts, or a dense SwiGLU's whole hidden layer). F, the hidden units in
+    # all, is a constant: the loop's bound, which Triton's interpreter before 3.7 cannot take as a tensor
     row, e = tl.program_id(0), tl.program_id(1)
     a_row = a_ptr + row * 2 * F  # [gate projections (F) | up projections (F)]
     if e < E:
