@@ -101,6 +101,7 @@ class TrainConfig:
     # pretraining on the synthetic corpus
     pretrain_steps: int = 2000          # optimizer steps of pretraining
     pretrain_batch_size: int = 64       # windows per step, global: split over the ranks under torchrun
+    pretrain_micro_batch_size: int = 0  # windows per forward/backward on each rank, gradients accumulated (0: all)
     pretrain_seq_len: int = 512         # tokens per window of the packed corpus stream
     pretrain_lr: float = 2e-3           # peak learning rate (AdamW), then cosine down to 10%
     pretrain_warmup: int = 100          # steps of linear warmup
@@ -133,7 +134,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ["rl_steps", "eval_problems", "pretrain_warmup"]:
+        for name in ["rl_steps", "eval_problems", "pretrain_warmup", "pretrain_micro_batch_size"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.pretrain_lr > 0 and math.isfinite(self.pretrain_lr)):
@@ -149,5 +150,8 @@ class TrainConfig:
         self.r1.validate()
         # under torchrun: refused on every rank alike, before any rank waits for the others
         distributed.check_backend(self.dist_backend, self.device)
-        distributed.per_rank(self.pretrain_batch_size, "TrainConfig.pretrain_batch_size")
+        share = distributed.per_rank(self.pretrain_batch_size, "TrainConfig.pretrain_batch_size")
+        if self.pretrain_micro_batch_size and share % self.pretrain_micro_batch_size:
+            raise ValueError(f"TrainConfig.pretrain_micro_batch_size = {self.pretrain_micro_batch_size} must divide "
+                             f"each process's share of the batch ({share} windows)")
         distributed.per_rank(self.rl_prompts_per_step, "TrainConfig.rl_prompts_per_step")

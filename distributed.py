@@ -13,6 +13,7 @@ nothing here starts: no process group, no wrapper, no communication, the plain o
 Lower than train, grpo (and any other training stage) in the import graph; imports only torch.
 """
 
+import contextlib
 import inspect
 import os
 
@@ -110,6 +111,15 @@ def wrap(model):
                        else {"broadcast_buffers": False})
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    **no_forward_sync)
+
+
+def gradient_sync(train_model, last):
+    """The context of one micro-batch's forward and backward in gradient accumulation: under DDP only the last
+    micro-batch of a step all-reduces the gradients; the earlier ones add to them locally (no_sync). `train_model`
+    is what wrap returned, or torch.compile of it (which passes no_sync on to the DDP module)."""
+    if last or not dist.is_initialized():
+        return contextlib.nullcontext()
+    return train_model.no_sync()
 
 
 def all_reduce_(tensors, op="sum"):

@@ -49,7 +49,6 @@ compute advantages once, then take one or more gradient steps on the loss below 
 We minimise the loss, -J.
 """
 
-import contextlib
 import copy
 import math
 import time
@@ -429,9 +428,8 @@ class GRPOTrainer:
                 self.opt.zero_grad(set_to_none=True)
                 parts = []
                 for k, idx in enumerate(chunks):
-                    # gradient accumulation: under DDP only the last micro-batch's backward all-reduces
                     last = k == len(chunks) - 1
-                    with contextlib.nullcontext() if W == 1 or last else self.train_model.no_sync():
+                    with distributed.gradient_sync(self.train_model, last):
                         logp, entropy = self.token_logprobs(self.train_model, tokens[idx], return_entropy=True)
                         loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
                                                 advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,

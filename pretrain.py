@@ -70,6 +70,7 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     window = torch.arange(T + 1, device=device)
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
+    micro = cfg.pretrain_micro_batch_size or b  # rows per forward/backward; b // micro of them make a step
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device.type == "cuda")  # one kernel per step on a GPU, not a dozen passes
@@ -82,7 +83,7 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         # the corpus are the two long parts of the start (~28 s and ~10 s on an H100 host): side by side.
         train_model = torch.compile(train_model)
         stream = corpus_stream_beside(n_tokens, cfg.seed, cfg.corpus,
-                                      lambda: compile_warm_up(train_model, model, b, T, autocast, device))
+                                      lambda: compile_warm_up(train_model, model, micro, T, autocast, device))
     else:
         stream = corpus_stream(n_tokens, cfg.seed, cfg.corpus)
     # the whole stream on the device (160 MB for 20M tokens): a step's windows are gathered there from their start
@@ -108,12 +109,17 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         batch = stream[starts.to(device, non_blocking=True)[:, None] + window]  # [b, T + 1]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_lr, cfg.pretrain_warmup)
-        with autocast:
-            logits = train_model(batch[:, :-1])
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        nonfinite |= ~torch.isfinite(loss.detach())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for first in range(0, b, micro):  # gradient accumulation: each micro-batch adds its share of the mean
+            rows = batch[first:first + micro]
+            with distributed.gradient_sync(train_model, last=first + micro == b):
+                with autocast:
+                    logits = train_model(rows[:, :-1])
+                part = F.cross_entropy(logits.view(-1, logits.shape[-1]), rows[:, 1:].reshape(-1)) * (micro / b)
+                part.backward()
+            loss += part.detach()
+        nonfinite |= ~torch.isfinite(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         tokens_seen += B * T

@@ -369,20 +369,27 @@ def compare_with_hf():
     B, T = 64, 512
     tokens = torch.randint(0, 500, (B, T + 1), device="cuda")
     hf_train = hf_mixtral(cfg).cuda()  # fp32 master weights + autocast, as ours
-    results = []
+    per_expert = 3 * cfg.dim * cfg.moe_hidden
+    active = {"nanoR1": matmul_params(ours),
+              "HF Mixtral": hf_total - 2 * cfg.vocab_size * cfg.dim - cfg.n_layers * (
+                  cfg.n_routed_experts - cfg.n_activated_experts) * per_expert}
+    # eager, and under torch.compile (train.py compiles its pretraining forward; a Trainer runs eagerly by default)
+    results = {}
     for label, model in (("nanoR1", ours), ("HF Mixtral", hf_train)):
         model.train()
-        step = training_step(model, model.parameters(), tokens)
-        dt = timed(step, repeats=5)
-        if label == "nanoR1":
-            active = matmul_params(ours)
-        else:
-            per_expert = 3 * cfg.dim * cfg.moe_hidden
-            active = hf_total - 2 * cfg.vocab_size * cfg.dim - cfg.n_layers * (
-                cfg.n_routed_experts - cfg.n_activated_experts) * per_expert
-        flops = active_flops_per_token(active, cfg.n_layers, cfg.dim, T) * B * T
-        results.append((label, B * T / dt, flops / dt / peak if peak else float("nan"), dt))
-        del step
+        for compiled in (False, True):
+            try:
+                step = training_step(torch.compile(model) if compiled else model, model.parameters(), tokens)
+                step()  # compiles
+                dt = timed(step, repeats=5)
+            except Exception as err:  # a peer that fails to compile loses its row, not the table
+                print(f"{label}, {'compiled' if compiled else 'eager'}: failed, {type(err).__name__}: {str(err)[:200]}")
+                continue
+            finally:
+                torch._dynamo.reset()
+            flops = active_flops_per_token(active[label], cfg.n_layers, cfg.dim, T) * B * T
+            results[label, compiled] = (B * T / dt, flops / dt / peak if peak else float("nan"), dt)
+            del step
 
     # router share of our forward: CUDA events around every Gate call
     events = []
@@ -405,11 +412,16 @@ def compare_with_hf():
     for h in hooks:
         h.remove()
 
-    print(f"\nTraining step: forward+backward+AdamW, {B}x{T} tokens, bf16 autocast, MFU against {peak / 1e12 if peak else 0:.0f} TFLOP/s")
-    print(f"{'model':>11} | {'tokens/s':>10} | {'ms/step':>8} | {'MFU':>6}")
-    for label, tps, mfu, dt in results:
-        print(f"{label:>11} | {tps:>10,.0f} | {dt * 1000:>8.1f} | {mfu:>6.1%}")
-    print(f"nanoR1 vs HF: {results[0][1] / results[1][1]:.2f}x; routers take {router_ms:.2f} ms of a {fwd_ms:.2f} ms "
+    print(f"\nTraining step: forward+backward+fused AdamW, {B}x{T} tokens, bf16 autocast, MFU against "
+          f"{peak / 1e12 if peak else 0:.0f} TFLOP/s")
+    print(f"{'model':>11} | {'variant':>13} | {'tokens/s':>10} | {'ms/step':>8} | {'MFU':>6}")
+    for (label, compiled), (tps, mfu, dt) in results.items():
+        print(f"{label:>11} | {'torch.compile' if compiled else 'eager':>13} | {tps:>10,.0f} | {dt * 1000:>8.1f} | "
+              f"{mfu:>6.1%}")
+    ratio = lambda a, b: (f"{results[a][0] / results[b][0]:.2f}x" if a in results and b in results else "n/a")
+    print(f"nanoR1 vs HF: eager {ratio(('nanoR1', False), ('HF Mixtral', False))}, compiled "
+          f"{ratio(('nanoR1', True), ('HF Mixtral', True))}, as each trains by default (train.py compiled, HF eager) "
+          f"{ratio(('nanoR1', True), ('HF Mixtral', False))}; routers take {router_ms:.2f} ms of a {fwd_ms:.2f} ms "
           f"forward ({router_ms / fwd_ms:.1%})")
 
 

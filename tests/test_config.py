@@ -28,7 +28,9 @@ def test_validation_names_the_fields():
                          (dict(recipe="r2"), "TrainConfig.recipe must be r1-zero or r1"),
                          (dict(r1=R1Config(final_rl_steps=-1)), "R1Config.final_rl_steps must be >= 0"),
                          (dict(corpus=CorpusConfig(max_attempts=0)), "CorpusConfig.max_attempts must be >= 1"),
-                         (dict(grpo=GRPOConfig(kl_beta=-1)), "GRPOConfig.kl_beta must be >= 0")):
+                         (dict(grpo=GRPOConfig(kl_beta=-1)), "GRPOConfig.kl_beta must be >= 0"),
+                         (dict(pretrain_micro_batch_size=-1), "TrainConfig.pretrain_micro_batch_size must be >= 0"),
+                         (dict(pretrain_micro_batch_size=48), r"must divide each process's share of the batch \(64")):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad).validate()
 
