@@ -8,19 +8,15 @@ import copy
 import os
 import sys
 
-_PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-# triton reads TRITON_INTERPRET once, when imported, and an earlier test module may have imported it
-# already (grpo.py imports kernels). Drop those modules so both are imported afresh, interpreted.
-# triton._C is the compiled extension: it can't be loaded twice and doesn't depend on the variable.
-for _name in [m for m in sys.modules if m.split(".")[0] in ("triton", "kernels") and not m.startswith("triton._C")]:
-    del sys.modules[_name]
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import model  # first: it, and every module that imports it after this one, keeps the compiled kernels
 
-import model  # noqa: E402
-from kernels import decode, logprobs, token_logprobs, token_logprobs_reference  # noqa: E402
+
+def _triton_and_kernels():
+    # triton._C is the compiled extension: it can't be loaded twice and doesn't depend on the variable
+    return [m for m in sys.modules if m.split(".")[0] in ("triton", "kernels") and not m.startswith("triton._C")]
 
 
 def _restore_interpret_env():
@@ -30,9 +26,19 @@ def _restore_interpret_env():
         os.environ["TRITON_INTERPRET"] = _PREVIOUS_INTERPRET
 
 
-# the kernels above are interpreted now, whatever the variable says; test modules collected with this one run as
-# before (a GPU machine's CUDA-graph tests must not run with it set), and this module's tests set it again below
-_restore_interpret_env()
+# Interpreted copies of the kernels for this module. Triton decides at decoration whether a @triton.jit function
+# is interpreted, its own standard library (tl.sum, ...) included, when Triton is imported: so Triton and kernels
+# are imported afresh with TRITON_INTERPRET=1, and then the modules as they were are put back, for the other test
+# modules (on a GPU machine their compiled kernels launch through the first Triton, and fail in a second one).
+_PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
+_compiled = {name: sys.modules.pop(name) for name in _triton_and_kernels()}
+os.environ["TRITON_INTERPRET"] = "1"
+from kernels import decode, logprobs, token_logprobs, token_logprobs_reference  # noqa: E402
+
+for _name in _triton_and_kernels():
+    del sys.modules[_name]
+sys.modules.update(_compiled)
+_restore_interpret_env()  # this module's tests set it again (interpret_env below)
 
 # relative error allowed in the grad from its rounding to logits' dtype: one ulp, as Triton's interpreter
 # rounds bfloat16 toward zero (the GPU rounds to nearest, half an ulp)
