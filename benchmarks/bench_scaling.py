@@ -4,6 +4,8 @@ batch, for each preset asked for. It reads each run's metrics.jsonl and prints p
 step's rollout and update times beside the one-GPU run.
 
     python -m benchmarks.bench_scaling --nproc 2 --presets small medium     # on a machine with 2 GPUs
+    python -m benchmarks.bench_scaling --nproc 2 --presets medium --pretrain-batch-size 256 \\
+        --pretrain-micro-batch-size 64 --pretrain-steps 100 --rl-steps 0   # a larger batch, in micro-batches
     python -m benchmarks.bench_scaling --nproc 2 --presets tiny --device cpu --pretrain-steps 4 --rl-steps 2 \\
         --rl-prompts-per-step 4 --rl-max-new-tokens 16      # a dry run of the plumbing on CPU (gloo)
 
