@@ -230,3 +230,31 @@ def test_bad_world_settings_are_refused_before_any_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert train.parse_args(["--rl-prompts-per-step", "3"]).rl_prompts_per_step == 3
     assert distributed.world_size() == 1 and distributed.wrap(model := fresh_model()) is model
+
+
+def test_only_the_last_micro_batch_all_reduces():
+    """gradient_sync: in gradient accumulation DDP communicates once per step, at the last micro-batch, and the
+    gradient is the sum over all micro-batches; also through torch.compile's wrapper, as pretraining runs it."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 1)
+        ddp = distributed.wrap(net)
+        calls = []
+
+        def counting_all_reduce(state, bucket):
+            calls.append(bucket.index())
+            return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+        ddp.register_comm_hook(None, counting_all_reduce)
+        xs = torch.randn(3, 2, 4)
+        for wrapper in (ddp, torch.compile(ddp, backend="eager")):  # eager backend: no C++ compiler needed
+            net.zero_grad(set_to_none=True)
+            calls.clear()
+            for k, x in enumerate(xs):
+                with distributed.gradient_sync(wrapper, last=k == len(xs) - 1):
+                    wrapper(x).sum().backward()
+            assert calls == [0]  # one bucket, all-reduced once
+            torch.testing.assert_close(net.weight.grad, xs.sum((0, 1))[None])
+    finally:
+        dist.destroy_process_group()
