@@ -241,13 +241,18 @@ class GRPOConfig:
             raise ValueError("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens")
 
 
+def row_ends(prompts, completions):
+    """[N] (long): one past each prompt + completion row's last token, as pack_sequences lays the rows out."""
+    return torch.tensor([len(p) + len(c) for p, c in zip(prompts, completions)], dtype=torch.long)
+
+
 def pack_sequences(prompts, completions, pad_id, width=None):
     """Lay out prompt + completion rows for one training forward pass: each row's prompt and completion from
     column 0, then padding to `width` (at least the longest row, the default). Padding only ever follows a row's
     tokens, so a plain causal forward without a pad mask computes every real token exactly as if it were alone
     (no real token attends to padding; positions count from 0), on the fast causal attention kernels.
     Returns tokens [N, L] and response [N, L] (True on completion tokens)."""
-    ends = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    ends = row_ends(prompts, completions).tolist()
     tokens = torch.full((len(prompts), width or max(ends)), pad_id, dtype=torch.long)
     response = torch.zeros_like(tokens, dtype=torch.bool)
     for i, (p, c) in enumerate(zip(prompts, completions)):
@@ -398,7 +403,7 @@ class GRPOTrainer:
         # log-probs of the behaviour policy (old) and the reference, before any update. Every rank pads to the
         # longest row of all ranks: the ranks' rows are then exactly one process's rows, padding included
         # (padding tokens pass through the routers and count in their load).
-        ends = torch.tensor([len(p) + len(c) for p, c in zip(prompts, completions)])  # one past each row's end
+        ends = row_ends(prompts, completions)
         width = int(ends.max())
         if W > 1:
             width = int(distributed.all_reduce_([torch.tensor([width], device=self.device)], "max")[0])

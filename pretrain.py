@@ -52,13 +52,18 @@ def corpus_stream_beside(n_tokens, seed, cfg, work):
     return corpus_stream(n_tokens, seed, cfg)
 
 
+def next_token_loss(train_model, windows, autocast):
+    """Mean cross-entropy of each token of windows [n, T + 1] given the ones before it: a pretraining step's loss,
+    and the compile warm-up's (the same graph, so the warm-up compiles what the steps run)."""
+    with autocast:
+        logits = train_model(windows[:, :-1])
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+
+
 def compile_warm_up(train_model, model, rows, seq_len, autocast, device):
     """Run the compiled forward and backward once on a batch of zeros, so that torch.compile compiles them now,
     and leave no trace of it: no optimizer step, the gradients dropped, the routers' load counts zeroed."""
-    tokens = torch.zeros(rows, seq_len + 1, dtype=torch.long, device=device)
-    with autocast:
-        logits = train_model(tokens[:, :-1])
-    F.cross_entropy(logits.view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
+    next_token_loss(train_model, torch.zeros(rows, seq_len + 1, dtype=torch.long, device=device), autocast).backward()
     model.zero_grad(set_to_none=True)
     for gate in model.gates():
         gate.load.zero_()
@@ -112,11 +117,8 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for first in range(0, b, micro):  # gradient accumulation: each micro-batch adds its share of the mean
-            rows = batch[first:first + micro]
             with distributed.gradient_sync(train_model, last=first + micro == b):
-                with autocast:
-                    logits = train_model(rows[:, :-1])
-                part = F.cross_entropy(logits.view(-1, logits.shape[-1]), rows[:, 1:].reshape(-1)) * (micro / b)
+                part = next_token_loss(train_model, batch[first:first + micro], autocast) * (micro / b)
                 part.backward()
             loss += part.detach()
         nonfinite |= ~torch.isfinite(loss)

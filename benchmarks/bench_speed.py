@@ -224,7 +224,7 @@ def update_on_rl_workload():
     behaviour-policy log-prob pass over all rows padded to the longest against the same pass in length-sorted
     chunks (GRPOTrainer.token_logprobs_by_length), and the whole GRPOTrainer.update (old and reference passes, 4
     minibatch steps)."""
-    from grpo import GRPOConfig, GRPOTrainer, pack_sequences
+    from grpo import GRPOConfig, GRPOTrainer, pack_sequences, row_ends
     lengths, prompts = json.load(open(LENGTHS_FILE))["lengths"], rl_prompts()
     g = torch.Generator().manual_seed(0)
     completions = [torch.randint(0, 400, (n,), generator=g).tolist() for n in lengths]
@@ -232,7 +232,7 @@ def update_on_rl_workload():
     model = Transformer(make_config("small")).cuda()
     trainer = GRPOTrainer(model, GRPOConfig(), torch.device("cuda"))
     tokens, response = (t.cuda() for t in pack_sequences(prompts, completions, trainer.pad_id))
-    ends = torch.tensor([len(p) for p in prompts]) + torch.tensor(lengths)
+    ends = row_ends(prompts, completions)
     model.eval()
     padded = timed(lambda: trainer.token_logprobs_by_length(model, tokens, ends, chunk_rows=len(prompts)))
     chunked = timed(lambda: trainer.token_logprobs_by_length(model, tokens, ends))

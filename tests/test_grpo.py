@@ -503,7 +503,7 @@ def test_packed_rows_score_each_token_as_the_row_alone():
 def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
     """The no-grad passes (behaviour and reference log-probs) run in chunks of similar length, each cut after its
     longest row: every response token's log-prob is the one of a single pass over the whole padded batch."""
-    from grpo import GRPOConfig, GRPOTrainer, pack_sequences
+    from grpo import GRPOConfig, GRPOTrainer, pack_sequences, row_ends
     from model import Transformer, make_config
 
     torch.manual_seed(0)
@@ -513,7 +513,7 @@ def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
     prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (7,), generator=g)]
     completions = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in [0, 9, 1, 4, 9, 2, 6]]
     tokens, response = pack_sequences(prompts, completions, trainer.pad_id)
-    ends = torch.tensor([len(p) + len(c) for p, c in zip(prompts, completions)])
+    ends = row_ends(prompts, completions)
     with torch.no_grad():
         whole = trainer.token_logprobs(model, tokens)
     mask = response[:, 1:]
