@@ -98,16 +98,17 @@ class TrainConfig:
     device: str = "auto"                # auto: cuda if available, else cpu
     resume: bool = False                # continue from the checkpoints in out_dir; stops if there are none
     dist_backend: str = "auto"          # under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device
+    eager: bool = False                 # train without torch.compile (on a GPU: the blocks of the training forwards)
     # pretraining on the synthetic corpus
-    # 2000, not 1000: the loss levels off by ~1000 steps (0.197 there, 0.196 at 2000), but RL from a 1000-step base
-    # missed the targets on 3 seeds of 3 (65bf498: pass@1 69%, 47%, 28%; benchmarks/RESULTS.md)
-    pretrain_steps: int = 2000          # optimizer steps of pretraining
+    # 1600 steps of 64 x 640 tokens: the tokens of the earlier 2000 x 512, in windows of the model's whole context,
+    # the shape of the GRPO update's micro-batches, which then run the code compiled here (model.compiled_blocks).
+    # Fewer tokens miss: RL from 1000 x 512 missed the targets on 3 seeds of 3 (65bf498: pass@1 69%, 47%, 28%)
+    pretrain_steps: int = 1600          # optimizer steps of pretraining
     pretrain_batch_size: int = 64       # windows per step, global: split over the ranks under torchrun
     pretrain_micro_batch_size: int = 0  # windows per forward/backward on each rank, gradients accumulated (0: all)
-    pretrain_seq_len: int = 512         # tokens per window of the packed corpus stream
+    pretrain_seq_len: int = 640         # tokens per window of the packed corpus stream (small's whole context)
     pretrain_lr: float = 2e-3           # peak learning rate (AdamW), then cosine down to 10%
     pretrain_warmup: int = 100          # steps of linear warmup
-    pretrain_eager: bool = False        # pretrain without torch.compile (on a GPU the blocks are compiled)
     pretrain_unique_tokens: int = 20_000_000  # corpus tokens generated, then cycled
     # a checkpoint (weights and AdamW state, ~0.5 GB for small) takes ~0.75 s to write on an H100 host: every 100
     # steps that was 15 s of a 4-minute run; every 1000 a crash loses at most ~30 s of pretraining

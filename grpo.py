@@ -49,6 +49,7 @@ compute advantages once, then take one or more gradient steps on the loss below 
 We minimise the loss, -J.
 """
 
+import contextlib
 import copy
 import math
 import time
@@ -59,6 +60,7 @@ import torch
 import distributed
 from data import TASKS, pad_token_id, stop_token_ids
 from kernels import token_logprobs
+from model import compiled_blocks
 from rewards import score
 from sample import Decoder, rollouts
 
@@ -212,7 +214,7 @@ class GRPOConfig:
     language_weight: float = 0.0      # + language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)
     max_grad_norm: float = 1.0        # gradients are clipped to this norm
     rollout_batch_size: int = 512     # rows decoded together (by each rank)
-    micro_batch_rows: int = 0         # rows per forward/backward of a minibatch, gradients accumulated (0: all)
+    micro_batch_rows: int = 64        # rows per forward/backward of a minibatch, gradients accumulated (0: all)
     # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
     overlong_filter: bool = False     # truncated responses (no stop token within the budget) carry no gradient
     overlong_buffer: int = 0          # soft punishment over the budget's last N tokens (see overlong_penalty)
@@ -282,13 +284,15 @@ def combine(values, op):
 class GRPOTrainer:
     """Owns the policy's optimizer and the frozen reference; `step(rows)` is one GRPO iteration.
     reward_fn(text, row, format_weight, language_weight) scores one response (default: rewards.score).
+    compile_blocks (on a GPU): the minibatch steps run compiled blocks on rows padded to the model's context.
 
     Data parallel (distributed.py): each rank decodes and scores whole prompt groups of its own, so advantages
     need no communication; the loss is normalised by the whole batch's counts and gradients are averaged by
     DDP, so an update equals one process's on all ranks' rollouts together."""
 
-    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score, seed=0):
+    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score, seed=0, compile_blocks=False):
         self.model, self.cfg, self.device, self.reward_fn = model, cfg, device, reward_fn
+        self.compile_blocks = compile_blocks  # the update's forwards and backwards through model.compiled_blocks
         self.train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged
         self.ref = None
         if cfg.kl_beta > 0:  # the reference is the policy as RL found it (the base model), frozen
@@ -401,11 +405,15 @@ class GRPOTrainer:
         advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
 
         # log-probs of the behaviour policy (old) and the reference, before any update. Every rank pads to the
-        # longest row of all ranks: the ranks' rows are then exactly one process's rows, padding included
-        # (padding tokens pass through the routers and count in their load).
+        # longest row of all ranks, or all to the context: the ranks' rows are then exactly one process's rows,
+        # padding included (padding tokens pass through the routers and count in their load).
         ends = row_ends(prompts, completions)
         width = int(ends.max())
-        if W > 1:
+        if self.compile_blocks:
+            # the model's whole context as input, max_seq_len columns: a pretraining window's shape (pretrain.py),
+            # so the compiled code is pretraining's, and one shape for every step (a new one would compile anew)
+            width = max(width, model.cfg.max_seq_len + 1)
+        elif W > 1:
             width = int(distributed.all_reduce_([torch.tensor([width], device=self.device)], "max")[0])
         tokens, response = (t.to(self.device) for t in pack_sequences(prompts, completions, self.pad_id, width))
         mask = response[:, 1:]
@@ -418,46 +426,9 @@ class GRPOTrainer:
 
         logs = []
         reduce_op = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}  # loss, pg_loss: shares that add up
-        for _ in range(cfg.epochs):
-            minibatches = [idx.to(self.device) for idx in
-                           minibatch_rows(len(reward), cfg.group_size, cfg.minibatches, self.split_rng)]
-            chunked = [idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,) for idx in minibatches]
-            n_totals = [None] * len(minibatches)
-            if W > 1 or any(len(chunks) > 1 for chunks in chunked):
-                # what each global minibatch's loss divides by (its tokens, or its sequences), so that the losses
-                # of its micro-batches and ranks add up to the loss of the whole
-                counts = torch.stack([mask[idx].sum() if cfg.loss_agg_mode == "token-mean" else idx.new_tensor(
-                    len(idx)) for idx in minibatches]).double()
-                n_totals = distributed.all_reduce_([counts])[0].clamp(min=1).tolist()
-            for chunks, n_total in zip(chunked, n_totals):
-                self.opt.zero_grad(set_to_none=True)
-                parts = []
-                for k, idx in enumerate(chunks):
-                    last = k == len(chunks) - 1
-                    with distributed.gradient_sync(self.train_model, last):
-                        logp, entropy = self.token_logprobs(self.train_model, tokens[idx], return_entropy=True)
-                        loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
-                                                advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
-                                                cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,
-                                                n_total=n_total)
-                        # This rank's loss is its share of the global minibatch's; DDP averages gradients over the
-                        # W ranks, so W x the share gives the gradient of the global loss.
-                        (loss * W if W > 1 else loss).backward()
-                    parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[idx])})
-                # checked once the backward passes are queued, not between forward and backward (a host sync there
-                # would leave the GPU idle while the backward is launched), and before the step can apply it
-                loss = sum(p["loss"] for p in parts)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                self.opt.step()
-                distributed.sum_router_load(model)
-                router = model.router_stats()
-                model.update_router_bias()
-                stats = {key: combine([float(p[key]) for p in parts], reduce_op.get(key, "mean")) for key in parts[0]}
-                stats.update(grad_norm=grad_norm.item(),
-                             router_max_over_mean=sum(router) / len(router) if router else None)
-                logs.append(stats)
+        with compiled_blocks(model) if self.compile_blocks else contextlib.nullcontext():
+            for _ in range(cfg.epochs):
+                logs += self.minibatch_steps(tokens, mask, advantages, old_logp, ref_logp, len(reward), reduce_op)
 
         summary = {key: float(sum(float(s[key]) for s in logs) / len(logs))
                    for key in logs[0] if logs[0][key] is not None}
@@ -466,3 +437,50 @@ class GRPOTrainer:
             part = {k: v for k, v in summary.items() if reduce_op.get(k, "mean") == op}
             summary.update(distributed.all_reduce_metrics(part, op))
         return summary
+
+    def minibatch_steps(self, tokens, mask, advantages, old_logp, ref_logp, n_prompts, reduce_op):
+        """One pass (epoch) over this rank's rollouts: cfg.minibatches optimizer steps on the clipped objective,
+        each over micro-batches of cfg.micro_batch_rows rows with gradients accumulated. Returns each step's
+        statistics."""
+        cfg, model, W = self.cfg, self.model, distributed.world_size()
+        logs = []
+        minibatches = [idx.to(self.device) for idx in
+                       minibatch_rows(n_prompts, cfg.group_size, cfg.minibatches, self.split_rng)]
+        chunked = [idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,) for idx in minibatches]
+        n_totals = [None] * len(minibatches)
+        if W > 1 or any(len(chunks) > 1 for chunks in chunked):
+            # what each global minibatch's loss divides by (its tokens, or its sequences), so that the losses
+            # of its micro-batches and ranks add up to the loss of the whole
+            counts = torch.stack([mask[idx].sum() if cfg.loss_agg_mode == "token-mean" else idx.new_tensor(
+                len(idx)) for idx in minibatches]).double()
+            n_totals = distributed.all_reduce_([counts])[0].clamp(min=1).tolist()
+        for chunks, n_total in zip(chunked, n_totals):
+            self.opt.zero_grad(set_to_none=True)
+            parts = []
+            for k, idx in enumerate(chunks):
+                last = k == len(chunks) - 1
+                with distributed.gradient_sync(self.train_model, last):
+                    logp, entropy = self.token_logprobs(self.train_model, tokens[idx], return_entropy=True)
+                    loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
+                                            advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
+                                            cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,
+                                            n_total=n_total)
+                    # This rank's loss is its share of the global minibatch's; DDP averages gradients over the
+                    # W ranks, so W x the share gives the gradient of the global loss.
+                    (loss * W if W > 1 else loss).backward()
+                parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[idx])})
+            # checked once the backward passes are queued, not between forward and backward (a host sync there
+            # would leave the GPU idle while the backward is launched), and before the step can apply it
+            loss = sum(p["loss"] for p in parts)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            self.opt.step()
+            distributed.sum_router_load(model)
+            router = model.router_stats()
+            model.update_router_bias()
+            stats = {key: combine([float(p[key]) for p in parts], reduce_op.get(key, "mean")) for key in parts[0]}
+            stats.update(grad_norm=grad_norm.item(),
+                         router_max_over_mean=sum(router) / len(router) if router else None)
+            logs.append(stats)
+        return logs

@@ -23,7 +23,7 @@ import data
 import distributed
 from checkpoint import drop_rows_from, load_checkpoint, save_checkpoint
 from config import TrainConfig
-from model import Transformer, make_config
+from model import Transformer, compiled_blocks, make_config
 
 
 def lr_at(step, total, peak, warmup):
@@ -70,25 +70,10 @@ def compile_warm_up(train_model, model, rows, seq_len, autocast, device):
         gate.load.zero_()
 
 
-@contextlib.contextmanager
-def compiled_blocks(model):
-    """Regional compilation (PyTorch's recipe for models of repeated layers): torch.compile each block's forward
-    rather than the whole model's. Blocks of one kind share their compiled code (small: one dense block, seven MoE
-    blocks), so compiling takes about half as long (~17 s against ~28 s on an H100 host; benchmarks/RESULTS.md).
-    Undone on exit, so that decoding, RL and copies of the model (the reference, the decoder) run it eagerly."""
-    for block in model.layers:
-        block.forward = torch.compile(block.forward)  # an instance attribute over the class's forward
-    try:
-        yield
-    finally:
-        for block in model.layers:
-            del block.forward
-
-
 def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
     """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every
     cfg.pretrain_checkpoint_every steps. On a GPU the blocks are compiled while it runs (compiled_blocks)."""
-    compiled = device.type == "cuda" and not cfg.pretrain_eager
+    compiled = device.type == "cuda" and not cfg.eager
     with compiled_blocks(model) if compiled else contextlib.nullcontext():
         pretrain_loop(model, cfg, device, log, save, start_step, opt_state, compiled)
 

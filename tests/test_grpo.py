@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import pytest
@@ -539,3 +540,57 @@ def test_a_non_finite_loss_stops_the_update_before_the_optimizer_step():
     with pytest.raises(FloatingPointError, match="GRPO loss is nan; lower GRPOConfig.lr"):
         trainer.update([[5, 6], [5, 6]], [[7, 8], [9]], torch.tensor([[1.0, 0.0]]))
     assert steps == []
+
+
+
+def rollout_batch(n_prompts=2, group_size=4, seed=0):
+    """Ragged prompts and completions of random tokens, with rewards: the input of GRPOTrainer.update."""
+    g = torch.Generator().manual_seed(seed)
+    randoms = lambda low, high: torch.randint(0, 400, (int(torch.randint(low, high, (1,), generator=g)),),
+                                              generator=g).tolist()
+    prompts = [prompt for prompt in (randoms(2, 6) for _ in range(n_prompts)) for _ in range(group_size)]
+    completions = [randoms(1, 9) for _ in prompts]
+    return prompts, completions, torch.rand(n_prompts, group_size, generator=g).round()
+
+
+def one_update(device, compile_blocks, max_seq_len=640):
+    """A tiny model's gradient from one GRPO update on rollout_batch (one minibatch of 4 micro-batches, the
+    optimizer step skipped), the update's statistics, and the model."""
+    from grpo import GRPOConfig, GRPOTrainer
+    from model import Transformer, make_config
+
+    torch.manual_seed(0)
+    model = Transformer(make_config("tiny", max_seq_len=max_seq_len)).to(device)
+    cfg = GRPOConfig(group_size=4, minibatches=1, micro_batch_rows=2, kl_beta=0.01, max_grad_norm=1e9)
+    trainer = GRPOTrainer(model, cfg, torch.device(device), compile_blocks=compile_blocks)
+    trainer.opt.step = lambda: None  # keep the gradient, skip the update
+    stats = trainer.update(*rollout_batch())
+    return torch.cat([p.grad.flatten() for p in model.parameters()]).cpu(), stats, model
+
+
+def test_padding_rows_to_the_context_changes_no_update(monkeypatch):
+    """compile_blocks pads every row to the model's context (max_seq_len + 1 columns), the shape of pretraining's
+    windows: padding only follows each row's tokens, so the update is the one on rows padded to the longest.
+    (torch.compile is left out here, on the CPU, so that only the padding differs.)"""
+    import grpo
+
+    monkeypatch.setattr(grpo, "compiled_blocks", lambda model: contextlib.nullcontext())
+    widths, pack = [], grpo.pack_sequences
+    monkeypatch.setattr(grpo, "pack_sequences", lambda *args: widths.append(args[3]) or pack(*args))
+    longest, stats_longest, _ = one_update("cpu", compile_blocks=False)
+    context, stats_context, _ = one_update("cpu", compile_blocks=True, max_seq_len=24)
+    assert widths[0] < widths[1] == 25
+    assert stats_context["loss"] == pytest.approx(stats_longest["loss"], rel=1e-5, abs=1e-7)
+    assert longest.abs().max() > 0
+    torch.testing.assert_close(context, longest, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the blocks are compiled on a GPU only")
+def test_the_update_through_compiled_blocks_follows_the_eager_one_and_leaves_the_blocks_eager():
+    eager, stats_eager, _ = one_update("cuda", compile_blocks=False)
+    compiled, stats_compiled, model = one_update("cuda", compile_blocks=True)
+    assert not any("forward" in vars(block) for block in model.layers)
+    # bf16 autocast either way, its kernels fused differently: the same loss and gradient, to bf16's precision
+    assert stats_compiled["loss"] == pytest.approx(stats_eager["loss"], rel=0.02, abs=1e-3)
+    assert compiled.norm() == pytest.approx(eager.norm(), rel=0.02) and eager.norm() > 0
+    assert torch.nn.functional.cosine_similarity(compiled, eager, dim=0) > 0.99

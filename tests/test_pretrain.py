@@ -77,7 +77,7 @@ def test_the_compile_warm_up_leaves_no_trace():
 
 
 def test_compiled_blocks_are_undone_on_exit_even_after_an_error():
-    from pretrain import compiled_blocks
+    from model import compiled_blocks
     model = Transformer(make_config("tiny"))
     try:
         with compiled_blocks(model):
@@ -97,7 +97,7 @@ def test_pretraining_with_compiled_blocks_follows_the_eager_run_and_leaves_the_b
     losses = {}
     for eager in (True, False):
         cfg = TrainConfig(preset="tiny", device="cuda", pretrain_steps=20, pretrain_batch_size=8, pretrain_seq_len=64,
-                          pretrain_warmup=2, pretrain_unique_tokens=20_000, log_every=1, pretrain_eager=eager)
+                          pretrain_warmup=2, pretrain_unique_tokens=20_000, log_every=1, eager=eager)
         torch.manual_seed(0)
         model = Transformer(make_config("tiny")).cuda()
         rows = []

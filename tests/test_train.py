@@ -58,7 +58,7 @@ def test_every_flag_has_help_from_its_field_comment(capsys):
         assert text and not text.startswith("(default:"), (flag, text)
         assert "(default: " in text, flag
     flat = " ".join(options.split())
-    assert "--pretrain-steps PRETRAIN_STEPS optimizer steps of pretraining (default: 2000; cpu setup: 3000)" in flat
+    assert "--pretrain-steps PRETRAIN_STEPS optimizer steps of pretraining (default: 1600; cpu setup: 3000)" in flat
 
 
 def test_errors_name_fields_below_train_and_flags_on_its_command_line(capsys):
