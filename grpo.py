@@ -276,6 +276,10 @@ def minibatch_rows(n_prompts, G, minibatches, generator):
     return [order[:, j::minibatches].flatten() for j in range(min(minibatches, G))]
 
 
+# how a statistic of micro-batches or ranks makes one: loss and pg_loss are shares that add up, the rest per-part means
+STAT_REDUCE = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}
+
+
 def combine(values, op):
     """The sum, max or mean of a list of numbers: how one statistic of several micro-batches makes one."""
     return sum(values) if op == "sum" else max(values) if op == "max" else sum(values) / len(values)
@@ -425,20 +429,19 @@ class GRPOTrainer:
         model.train()
 
         logs = []
-        reduce_op = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}  # loss, pg_loss: shares that add up
         with compiled_blocks(model) if self.compile_blocks else contextlib.nullcontext():
             for _ in range(cfg.epochs):
-                logs += self.minibatch_steps(tokens, mask, advantages, old_logp, ref_logp, len(reward), reduce_op)
+                logs += self.minibatch_steps(tokens, mask, advantages, old_logp, ref_logp, len(reward))
 
         summary = {key: float(sum(float(s[key]) for s in logs) / len(logs))
                    for key in logs[0] if logs[0][key] is not None}
         # over ranks as over micro-batches: loss and pg_loss add up, the other statistics are per-rank means
         for op in ("sum", "max", "mean"):
-            part = {k: v for k, v in summary.items() if reduce_op.get(k, "mean") == op}
+            part = {k: v for k, v in summary.items() if STAT_REDUCE.get(k, "mean") == op}
             summary.update(distributed.all_reduce_metrics(part, op))
         return summary
 
-    def minibatch_steps(self, tokens, mask, advantages, old_logp, ref_logp, n_prompts, reduce_op):
+    def minibatch_steps(self, tokens, mask, advantages, old_logp, ref_logp, n_prompts):
         """One pass (epoch) over this rank's rollouts: cfg.minibatches optimizer steps on the clipped objective,
         each over micro-batches of cfg.micro_batch_rows rows with gradients accumulated. Returns each step's
         statistics."""
@@ -479,7 +482,7 @@ class GRPOTrainer:
             distributed.sum_router_load(model)
             router = model.router_stats()
             model.update_router_bias()
-            stats = {key: combine([float(p[key]) for p in parts], reduce_op.get(key, "mean")) for key in parts[0]}
+            stats = {key: combine([float(p[key]) for p in parts], STAT_REDUCE.get(key, "mean")) for key in parts[0]}
             stats.update(grad_norm=grad_norm.item(),
                          router_max_over_mean=sum(router) / len(router) if router else None)
             logs.append(stats)

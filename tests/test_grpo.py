@@ -542,7 +542,6 @@ def test_a_non_finite_loss_stops_the_update_before_the_optimizer_step():
     assert steps == []
 
 
-
 def rollout_batch(n_prompts=2, group_size=4, seed=0):
     """Ragged prompts and completions of random tokens, with rewards: the input of GRPOTrainer.update."""
     g = torch.Generator().manual_seed(seed)
