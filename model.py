@@ -441,8 +441,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    # set on sample.Decoder's copy on a GPU: no attention mask built for an MHA decoding step (Attention's kernel
-    # reads the cache's valid slots)
+    # set on sample.Decoder's copy on a GPU: an MHA decoding step's positions and cache counts in one kernel, and no
+    # attention mask (Attention's kernel reads the cache's valid slots)
     fused_decode = False
 
     def __init__(self, cfg: ModelConfig):
@@ -480,41 +480,52 @@ class Transformer(nn.Module):
         if cache is None and T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
         real = torch.ones_like(tokens, dtype=torch.bool) if pad_mask is None else pad_mask
+        if self.fused_decode and cache is not None and T == 1 and self.cfg.attention == "mha":
+            # a decoding step: positions, their angles and the cache's counts in one kernel, and no mask
+            # (Attention's kernel reads cache.valid itself)
+            cos, sin = decode_kernels.step_positions(real, cache.n_real, cache.valid, cache.pos, self.rope_cos,
+                                                     self.rope_sin)
+            mask, slots = None, cache.pos
+        else:
+            cos, sin, mask, slots = self.positions_and_mask(real, pad_mask is not None, cache, segment_ids)
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache, slots)
+        if cache is not None:
+            cache.pos += T  # once every layer has written its keys and values at the slots this step filled
+        return self.head(self.norm(x)).float()
+
+    def positions_and_mask(self, real, padded, cache, segment_ids):
+        """Each token's RoPE angles cos, sin [B, 1, T, D/2], the attention mask [B, 1, T, S] (None: plain causal)
+        and the slots [T] the tokens take; with a cache, also marks the slots' validity and counts the real tokens."""
+        T = real.shape[1]
         offset = cache.n_real[:, None] if cache is not None else 0
         positions = (offset + real.cumsum(1) - 1).clamp(min=0)
         mask, slots = None, None
         if segment_ids is not None:
-            if cache is not None or pad_mask is not None:
+            if cache is not None or padded:
                 raise ValueError("segment_ids is for packed training rows: it takes no cache and no pad_mask")
-            t = torch.arange(T, device=tokens.device)
+            t = torch.arange(T, device=real.device)
             starts = torch.ones_like(segment_ids, dtype=torch.bool)
             starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
             positions = t - torch.where(starts, t, 0).cummax(1).values            # t - start of t's segment
             same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]       # [B, T, T]
             mask = (same_segment & (t[None, :] <= t[:, None])[None])[:, None]      # document-causal
         cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
-        if cache is not None or pad_mask is not None:
-            slots = torch.arange(T, device=tokens.device)  # the slot (key index) each new token goes to
+        if cache is not None or padded:
+            slots = torch.arange(T, device=real.device)  # the slot (key index) each new token goes to
+            keys_valid = real
             if cache is not None:
                 slots = slots + cache.pos
                 cache.valid.index_copy_(1, slots, real)
+                cache.n_real += real.sum(1)
                 keys_valid = cache.valid
-            else:
-                keys_valid = real
-        one_fused_step = self.fused_decode and cache is not None and T == 1 and self.cfg.attention == "mha"
-        if slots is not None and not one_fused_step:  # (Attention's decoding kernel reads cache.valid itself)
-            k_slot = torch.arange(keys_valid.shape[1], device=tokens.device)
+            k_slot = torch.arange(keys_valid.shape[1], device=real.device)
             causal = k_slot[None, :] <= slots[:, None]                           # [T, S]
             mask = causal[None] & keys_valid[:, None, :]                          # [B, T, S]
             mask |= (k_slot[None, :] == slots[:, None])[None]  # a pad query sees itself: no empty rows, no NaN
             mask = mask[:, None]
-        x = self.embed(tokens)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache, slots)
-        if cache is not None:
-            cache.pos += T
-            cache.n_real += real.sum(1)
-        return self.head(self.norm(x)).float()
+        return cos, sin, mask, slots
 
     def pack_for_decoding(self):
         """Each block's feed-forward layer packs its matrices for the fused decoding step (a MoE packs its shared

@@ -18,6 +18,7 @@ import rewards
 from checkpoint import load_checkpoint
 from data import (check_countdown, countdown_question, encode, get_tokenizer, make_prompt, pad_token_id,
                   stop_token_ids)
+from kernels import decode as decode_kernels
 from model import KVCache
 from template import THINK
 
@@ -60,7 +61,9 @@ class Decoder:
       copy runs about a dozen a layer (kernels/decode.py; fused_kernels=False: none of it): RMSNorm; the qkv
       matmul; RoPE, the cache write and attention over the row's filled slots in one kernel (a finished row
       reads none); the output matmul; the router; and every expert as one SwiGLU (a matmul, one kernel, a
-      matmul).
+      matmul). Around the layers, one kernel for the step's positions and cache counts and, without a nucleus
+      (top-p 1, the RL's rollouts), one for sampling, the stop check and writing the token (random numbers from
+      a seed drawn for each call).
     - Finished rows stop costing: every few steps the rows still decoding are moved to the front of the batch
       (KVCache.keep_rows) once they fit a smaller batch `bucket`, and later steps run only those.
     - Attention spans the slots filled so far (the plain path: rounded up to SLOT_BUCKET, KVCache.view), not
@@ -111,16 +114,28 @@ class Decoder:
         self.done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         self.out = torch.zeros(rows, slots, **long)  # tokens by caller's row and step
         self.t = torch.zeros(1, **long)  # the step being sampled
+        self.seed = torch.zeros(1, **long)  # the fused sampler's, drawn anew by every call
 
     def _sample_into_buffers(self, logits, rows, sampling):
         """Sample token t for the first `rows` rows from logits, write it out, update done; advance t."""
         temperature, top_p, stop_ids, generator = sampling
         stop = self.stop_tensors[stop_ids]
-        nxt = sample_next(logits[:, :get_tokenizer().n_vocab], temperature, top_p, generator)
-        self.out.index_put_((self.row_of[:rows], self.t.expand(rows)), nxt)
-        self.done[:rows] |= torch.isin(nxt, stop) | (self.t + 1 >= self.budget[:rows])
-        self.tokens[:rows] = nxt
+        logits = logits[:, :get_tokenizer().n_vocab]
+        if self.fused_sampling(top_p):
+            decode_kernels.sample_step(logits, temperature, self.seed, self.t, self.row_of[:rows], self.budget[:rows],
+                                       self.done[:rows], self.tokens[:rows], self.out, stop)
+        else:
+            nxt = sample_next(logits, temperature, top_p, generator)
+            self.out.index_put_((self.row_of[:rows], self.t.expand(rows)), nxt)
+            self.done[:rows] |= torch.isin(nxt, stop) | (self.t + 1 >= self.budget[:rows])
+            self.tokens[:rows] = nxt
         self.t += 1
+
+    def fused_sampling(self, top_p):
+        """Whether a step's sampling and bookkeeping run as one kernel (kernels/decode.sample_step, ~12 kernels
+        fewer a step): on the GPU copy with the fused kernels, for any temperature but without a nucleus (the RL's
+        rollouts; evaluation's top-p 0.95 sorts the probabilities in PyTorch)."""
+        return self.net is not self.model and self.net.fused_decode and top_p == 1.0
 
     def _step(self, rows, slots, sampling):
         """One decoding step for the first `rows` rows over the first `slots` slots: feed each row's last token
@@ -179,6 +194,8 @@ class Decoder:
         self.budget[:rows] = torch.tensor(budgets + [1] * (rows - B), device=self.device)
         self.done[:rows] = False
         self.t.zero_()
+        if self.fused_sampling(top_p):  # a graph reads the seed from its buffer: a fresh one for every call
+            self.seed.copy_(torch.randint(2 ** 62, (1,), device=self.device, generator=generator))
         self.cache.pos.zero_()
         self.cache.n_real.zero_()
         self.cache.valid.zero_()

@@ -66,6 +66,37 @@ def rope_queries_keys(qkv, cos, sin):
 
 
 @triton.jit
+def _step_positions_kernel(real_ptr, stride_r, n_real_ptr, pos_ptr, valid_ptr, stride_v, cos_table_ptr, sin_table_ptr,
+                           cos_ptr, sin_ptr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+    # one row: its token's RoPE position (its real tokens so far; a padding token takes the last one's), the angles
+    # there, whether the slot this step fills holds a real token, and the row's count of real tokens
+    b = tl.program_id(0)
+    real = tl.load(real_ptr + b * stride_r) != 0
+    n_real = tl.load(n_real_ptr + b)
+    position = tl.maximum(n_real + real.to(tl.int64) - 1, 0)
+    tl.store(valid_ptr + b * stride_v + tl.load(pos_ptr), real)
+    tl.store(n_real_ptr + b, n_real + real.to(tl.int64))
+    j = tl.arange(0, BLOCK)
+    inside = j < HALF
+    tl.store(cos_ptr + b * HALF + j, tl.load(cos_table_ptr + position * HALF + j, mask=inside), mask=inside)
+    tl.store(sin_ptr + b * HALF + j, tl.load(sin_table_ptr + position * HALF + j, mask=inside), mask=inside)
+
+
+def step_positions(real, n_real, valid, pos, cos_table, sin_table):
+    """The bookkeeping of model.Transformer.forward for one decoding step, in one kernel: real [B, 1] (True = a
+    real token); n_real [B], valid [B, S], pos [1]: the KV cache's (model.KVCache). Marks slot `pos` valid for the
+    real tokens, adds them to n_real and returns the RoPE angles of their positions, cos, sin [B, 1, 1, D/2]
+    (float32, from the tables [max_seq_len, D/2]). The caller advances pos once every layer has read it."""
+    B, HALF = real.shape[0], cos_table.shape[1]
+    assert real.shape == (B, 1) and valid.stride(1) == 1 and cos_table.is_contiguous() and sin_table.is_contiguous()
+    cos = torch.empty(B, 1, 1, HALF, dtype=cos_table.dtype, device=real.device)
+    sin = torch.empty_like(cos)
+    _step_positions_kernel[(B,)](real, real.stride(0), n_real, pos, valid, valid.stride(0), cos_table, sin_table,
+                                 cos, sin, HALF=HALF, BLOCK=triton.next_power_of_2(HALF))
+    return cos, sin
+
+
+@triton.jit
 def _attend_one_step_kernel(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr, scale,
                             stride_cb, stride_ch, stride_cs, stride_vb, H: tl.constexpr, D: tl.constexpr,
                             BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, INTERPRETED: tl.constexpr):
@@ -219,3 +250,44 @@ def swiglu_experts(x, w13, w2, gate=None, experts=0, expert_hidden=1):
     _swiglu_hidden_kernel[(N, experts + 1)](x @ w13.T, gates, hidden, F=F, E=experts, H=expert_hidden,
                                             BLOCK_H=triton.next_power_of_2(expert_hidden) if experts else 512)
     return hidden @ w2.T
+
+
+@triton.jit
+def _sample_step_kernel(logits_ptr, stride_l, V, inv_temperature, seed_ptr, t_ptr, row_of_ptr, budget_ptr, done_ptr,
+                        tokens_ptr, out_ptr, stride_o, stop_ptr, N_STOP: tl.constexpr, GREEDY: tl.constexpr,
+                        BLOCK_V: tl.constexpr, BLOCK_STOP: tl.constexpr):
+    # one row: draw its token, write it at step t of its caller's row, and mark the row done at a stop token or
+    # at the end of its budget
+    row = tl.program_id(0)
+    v = tl.arange(0, BLOCK_V)
+    t = tl.load(t_ptr)
+    caller_row = tl.load(row_of_ptr + row)
+    logits = tl.load(logits_ptr + row * stride_l + v, mask=v < V, other=float("-inf")).to(tl.float32)
+    if GREEDY:
+        score = logits
+    else:
+        # the exponential race of sample.sample_next in log space: argmax p_i / E_i = argmax logit_i / T - log E_i,
+        # E_i = -log U_i; U from Philox, keyed by the call's seed and counted by (step, caller's row, token), so
+        # every draw of a call is a fresh one wherever compaction has moved the row
+        uniform = tl.rand(tl.load(seed_ptr), (t * stride_o + caller_row) * BLOCK_V + v)
+        score = logits * inv_temperature - tl.log(-tl.log(uniform))
+    token = tl.argmax(score, axis=0)
+    tl.store(out_ptr + caller_row * stride_o + t, token.to(tl.int64))
+    s = tl.arange(0, BLOCK_STOP)
+    stops = tl.load(stop_ptr + s, mask=s < N_STOP, other=-1)
+    finished = (tl.sum((stops == token).to(tl.int32), axis=0) > 0) | (t + 1 >= tl.load(budget_ptr + row))
+    tl.store(done_ptr + row, (tl.load(done_ptr + row) != 0) | finished)
+    tl.store(tokens_ptr + row, token.to(tl.int64))
+
+
+def sample_step(logits, temperature, seed, t, row_of, budget, done, tokens, out, stops):
+    """sample.Decoder's step epilogue in one kernel, for temperature sampling without a nucleus (top-p 1) and for
+    greedy decoding (temperature 0): for each of the B rows of logits [B, V], draw its token, write it to
+    out[row_of[row], t], set tokens[row] to it and done[row] once it is one of `stops` or step t was the row's last
+    of `budget`. seed and t: [1] long tensors on the device (CUDA-graph safe); the caller advances t."""
+    B, V = logits.shape
+    assert logits.stride(1) == 1 and out.stride(1) == 1
+    _sample_step_kernel[(B,)](
+        logits, logits.stride(0), V, 1.0 / temperature if temperature else 0.0, seed, t, row_of, budget, done,
+        tokens, out, out.stride(0), stops, N_STOP=len(stops), GREEDY=temperature == 0,
+        BLOCK_V=triton.next_power_of_2(V), BLOCK_STOP=triton.next_power_of_2(max(len(stops), 1)))

@@ -296,6 +296,81 @@ def test_swiglu_experts(E, topk):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)  # fp32 sums over ~1000 products
 
 
+def test_step_positions_matches_the_models_bookkeeping():
+    # a decoding step's positions, angles, slot validity and real-token counts, as model.Transformer computes them
+    # in PyTorch (positions_and_mask), on a view of a larger cache: a real token, padding after real tokens, and
+    # padding with no real token yet (position 0)
+    net = model.Transformer(model.make_config("tiny"))
+    real = torch.tensor([[True], [False], [False], [True]])
+
+    def cache():
+        c = model.KVCache(net.cfg, 6, 40, "cpu", torch.float32).view(4, 32)
+        c.n_real.copy_(torch.tensor([7, 12, 0, 0]))
+        c.pos.fill_(15)
+        c.valid[:, :15] = True
+        return c
+    plain, fused = cache(), cache()
+    cos, sin, _, slots = net.positions_and_mask(real, True, plain, None)
+    got_cos, got_sin = decode.step_positions(real, fused.n_real, fused.valid, fused.pos, net.rope_cos, net.rope_sin)
+    assert torch.equal(slots, torch.tensor([15])) and got_cos.shape == cos.shape == (4, 1, 1, net.rope_cos.shape[1])
+    assert torch.equal(got_cos, cos) and torch.equal(got_sin, sin)
+    assert torch.equal(got_cos[:, 0, 0], net.rope_cos[torch.tensor([7, 11, 0, 0])])
+    assert torch.equal(fused.valid, plain.valid) and torch.equal(fused.n_real, plain.n_real)
+    assert fused.n_real.tolist() == [8, 12, 0, 1] and fused.valid[:, 15].tolist() == [True, False, False, True]
+
+
+def sample_step(logits, temperature, t=0, row_of=None, budget=None, stops=(), seed=1234, out_slots=8):
+    """decode.sample_step on fresh buffers of a decoder: returns (tokens, done, out)."""
+    B = logits.shape[0]
+    row_of = torch.arange(B) if row_of is None else row_of
+    budget = torch.full((B,), 100) if budget is None else budget
+    tokens, done = torch.zeros(B + 2, dtype=torch.long), torch.zeros(B + 2, dtype=torch.bool)
+    out = torch.zeros(B + 2, out_slots, dtype=torch.long)
+    decode.sample_step(logits, temperature, torch.tensor([seed]), torch.tensor([t]), row_of, budget, done[:B],
+                       tokens[:B], out, torch.tensor(stops, dtype=torch.long))
+    assert not done[B:].any() and not tokens[B:].any()  # the rows past B are not touched
+    return tokens[:B], done[:B], out
+
+
+def test_sample_step_greedy_writes_the_argmax_and_finishes_rows_like_the_decoder():
+    # greedy (temperature 0) through a view of padded logits (the decoder drops the unused vocabulary rows), rows
+    # held out of their callers' order (compaction), one row at a stop token, one at the end of its budget
+    padded = randn(5, 512, seed=20)
+    logits = padded[:, :454]
+    best = logits.argmax(-1)
+    row_of, t = torch.tensor([3, 0, 4, 1, 2]), 5
+    budget = torch.tensor([100, 6, 100, 100, 100])  # row 1: step 5 is its 6th and last token
+    tokens, done, out = sample_step(logits, 0.0, t=t, row_of=row_of, budget=budget, stops=(int(best[2]), 453))
+    assert torch.equal(tokens, best)
+    assert done.tolist() == [False, True, True, False, False]
+    assert torch.equal(out[row_of, t], best) and out[:, :t].eq(0).all() and out[:, t + 1:].eq(0).all()
+
+
+def test_sample_step_draws_from_the_tempered_softmax():
+    # the same logits in 800 rows: the tokens drawn follow softmax(logits / T) (Pearson's chi-squared, 3 degrees of
+    # freedom: 16.27 is its 0.1% point), and not softmax(logits) or the argmax
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0]).repeat(800, 1)
+    counts = torch.bincount(sample_step(logits, 0.7)[0], minlength=4).double()
+
+    def chi2(probs):
+        expected = 800 * probs.double()
+        return ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2(torch.softmax(logits[0] / 0.7, 0)) < 16.27
+    assert chi2(torch.softmax(logits[0], 0)) > 16.27
+
+
+def test_sample_step_draws_afresh_at_every_step_and_row_and_repeats_with_the_seed():
+    logits = torch.zeros(16, 454)  # uniform: any repetition would come from reusing random numbers
+    first = sample_step(logits, 1.0, t=0)[0]
+    assert len(set(first.tolist())) > 12  # rows differ
+    assert (sample_step(logits, 1.0, t=1)[0] != first).sum() > 12  # steps differ
+    assert (sample_step(logits, 1.0, t=0, seed=99)[0] != first).sum() > 12  # calls (seeds) differ
+    assert torch.equal(sample_step(logits, 1.0, t=0)[0], first)  # the same seed, step and rows: the same draws
+    # a row draws by its caller's row, not its place in the batch: compaction does not change what it draws
+    moved = sample_step(logits, 1.0, t=0, row_of=torch.arange(16).flip(0))[0]
+    assert torch.equal(moved, first.flip(0))
+
+
 def test_model_with_decoding_kernels_matches_the_model(monkeypatch):
     # the flags sample.Decoder sets on its copy: the same logits for a prefill and cached steps (MHA, the router,
     # the experts), with a left-padded row and a row that finishes (its later steps feed padding, whose logits

@@ -108,6 +108,34 @@ def test_decoding_kernels_are_as_accurate_as_the_plain_bf16_copy():
     assert fused_err.quantile(0.999) < 1.5 * plain_err.quantile(0.999)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the decoding kernels run on a GPU")
+def test_fused_sampling_follows_the_models_distribution_and_the_seed():
+    # the RL's sampling (temperature 1, top-p 1) runs as one kernel inside the CUDA graphs: one prompt in 4096 rows,
+    # its first token's frequencies against the decoder's own softmax (total variation; the plain sampler, with
+    # sampling error of the same size, is the yardstick), its later tokens fresh draws, and torch.manual_seed
+    # making a call repeatable
+    torch.manual_seed(0)
+    model = Transformer(make_config("small")).cuda()
+    decoder = Decoder(model)
+    prompt = torch.randint(0, 450, (20,)).tolist()
+    assert decoder.fused_sampling(1.0) and not decoder.fused_sampling(0.95)
+    with torch.no_grad():
+        logits = decoder.net(torch.tensor([prompt], device="cuda"))[0, -1, :get_tokenizer().n_vocab]
+    probs = torch.softmax(logits.float(), -1)
+
+    def first_token_frequencies(top_p):
+        firsts = torch.tensor([c[0] for c in decoder.generate([prompt] * 4096, 3, 1.0, top_p, stop_ids=[])])
+        return torch.bincount(firsts, minlength=len(probs)).double().cuda() / len(firsts)
+    fused_tv = 0.5 * (first_token_frequencies(1.0) - probs).abs().sum().item()
+    plain_tv = 0.5 * (first_token_frequencies(0.999999) - probs).abs().sum().item()  # PyTorch's sort, as it was
+    assert fused_tv < 1.5 * plain_tv + 0.02
+    torch.manual_seed(5)
+    once = decoder.generate([prompt] * 64, 30, stop_ids=[])
+    torch.manual_seed(5)
+    assert decoder.generate([prompt] * 64, 30, stop_ids=[]) == once
+    assert len({tuple(c) for c in once}) == 64 and decoder.generate([prompt] * 64, 30, stop_ids=[]) != once
+
+
 @pytest.mark.parametrize("attention", ["mha", "mla"])
 def test_compaction_slot_buckets_and_row_budgets_keep_greedy_exact(monkeypatch, attention):
     """Many rows that stop at different steps (the decoder compacts them away), generations that cross slot
