@@ -16,4 +16,4 @@ def test_a_failing_preset_is_reported_with_its_error_and_the_others_still_run():
     failure = next(line for line in done.stdout.splitlines() if line.startswith("nosuch on 1 process(es) failed"))
     assert "unknown preset 'nosuch'" in failure and "whole output in" in failure
     rows = [line.split("|") for line in done.stdout.splitlines() if line.strip().startswith("tiny |")]
-    assert [row[1].strip() for row in rows] == ["1", "2", "1 (1/2 batch)"]
+    assert [row[1].strip() for row in rows] == ["1", "2", "1 (1/2 batch)"], done.stdout
