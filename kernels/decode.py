@@ -254,7 +254,7 @@ def swiglu_experts(x, w13, w2, gate=None, experts=0, expert_hidden=1):
 
 @triton.jit
 def _sample_step_kernel(logits_ptr, stride_l, V, inv_temperature, seed_ptr, t_ptr, row_of_ptr, budget_ptr, done_ptr,
-                        tokens_ptr, out_ptr, stride_o, stop_ptr, N_STOP: tl.constexpr, GREEDY: tl.constexpr,
+                        tokens_ptr, out_ptr, stride_o, n_callers, stop_ptr, N_STOP: tl.constexpr, GREEDY: tl.constexpr,
                         BLOCK_V: tl.constexpr, BLOCK_STOP: tl.constexpr):
     # one row: draw its token, write it at step t of its caller's row, and mark the row done at a stop token or
     # at the end of its budget
@@ -269,7 +269,7 @@ def _sample_step_kernel(logits_ptr, stride_l, V, inv_temperature, seed_ptr, t_pt
         # the exponential race of sample.sample_next in log space: argmax p_i / E_i = argmax logit_i / T - log E_i,
         # E_i = -log U_i; U from Philox, keyed by the call's seed and counted by (step, caller's row, token), so
         # every draw of a call is a fresh one wherever compaction has moved the row
-        uniform = tl.rand(tl.load(seed_ptr), (t * stride_o + caller_row) * BLOCK_V + v)
+        uniform = tl.rand(tl.load(seed_ptr), (t * n_callers + caller_row) * BLOCK_V + v)
         score = logits * inv_temperature - tl.log(-tl.log(uniform))
     token = tl.argmax(score, axis=0)
     tl.store(out_ptr + caller_row * stride_o + t, token.to(tl.int64))
@@ -289,5 +289,5 @@ def sample_step(logits, temperature, seed, t, row_of, budget, done, tokens, out,
     assert logits.stride(1) == 1 and out.stride(1) == 1
     _sample_step_kernel[(B,)](
         logits, logits.stride(0), V, 1.0 / temperature if temperature else 0.0, seed, t, row_of, budget, done,
-        tokens, out, out.stride(0), stops, N_STOP=len(stops), GREEDY=temperature == 0,
+        tokens, out, out.stride(0), out.shape[0], stops, N_STOP=len(stops), GREEDY=temperature == 0,
         BLOCK_V=triton.next_power_of_2(V), BLOCK_STOP=triton.next_power_of_2(max(len(stops), 1)))
