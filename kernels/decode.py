@@ -6,7 +6,9 @@ of the KV cache read: PyTorch spends ~280 small kernels on a step of the small p
 however few rows are live. Here a layer takes about a dozen: RMSNorm in one program per row; after the qkv matmul,
 RoPE, the cache write and attention over only the row's filled slots in one (attend_one_step); after the router
 (one program per row), all experts, routed and shared, as one SwiGLU of two matmuls with one kernel between
-(swiglu_experts). The math is the model's own (model.py), in float32 as there (benchmarks/RESULTS.md measures it).
+(swiglu_experts). Around the layers, the step's positions and cache counts take one kernel (step_positions) and
+its sampling, stop check and token write another (sample_step). The math is the model's own (model.py), in float32
+as there (benchmarks/RESULTS.md measures it).
 """
 import torch
 import triton
