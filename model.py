@@ -497,7 +497,8 @@ class Transformer(nn.Module):
 
     def positions_and_mask(self, real, padded, cache, segment_ids):
         """Each token's RoPE angles cos, sin [B, 1, T, D/2], the attention mask [B, 1, T, S] (None: plain causal)
-        and the slots [T] the tokens take; with a cache, also marks the slots' validity and counts the real tokens."""
+        and the slots [T] the tokens take (None without a cache or padding); with a cache, also marks the slots'
+        validity and counts the real tokens."""
         T = real.shape[1]
         offset = cache.n_real[:, None] if cache is not None else 0
         positions = (offset + real.cumsum(1) - 1).clamp(min=0)

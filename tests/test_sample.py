@@ -112,8 +112,8 @@ def test_decoding_kernels_are_as_accurate_as_the_plain_bf16_copy():
 def test_fused_sampling_follows_the_models_distribution_and_the_seed():
     # the RL's sampling (temperature 1, top-p 1) runs as one kernel inside the CUDA graphs: one prompt in 4096 rows,
     # its first token's frequencies against the decoder's own softmax (total variation; the plain sampler, with
-    # sampling error of the same size, is the yardstick), its later tokens fresh draws, and torch.manual_seed
-    # making a call repeatable
+    # sampling error of the same size, is the yardstick), 64 rows of one prompt drawing 64 different completions,
+    # and torch.manual_seed making a call repeatable
     torch.manual_seed(0)
     model = Transformer(make_config("small")).cuda()
     decoder = Decoder(model)
