@@ -99,9 +99,10 @@ class TrainConfig:
     resume: bool = False                # continue from the checkpoints in out_dir; stops if there are none
     dist_backend: str = "auto"          # under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device
     eager: bool = False                 # train without torch.compile (on a GPU: the blocks of the training forwards)
+    base: str = "pretrain"              # pretrain: pretrain the base model; else a base checkpoint to start RL from
     # pretraining on the synthetic corpus
     # 1600 steps of 64 x 640 tokens: the tokens of the earlier 2000 x 512, in windows of the model's whole context,
-    # the shape of the GRPO update's micro-batches, which then run the code compiled here (model.compiled_blocks).
+    # the shape of the GRPO update's micro-batches, which then run the code compiled here (engine.compiled_blocks).
     # Fewer tokens miss: RL from 1000 x 512 missed the targets on 3 seeds of 3 (65bf498: pass@1 69%, 47%, 28%)
     pretrain_steps: int = 1600          # optimizer steps of pretraining
     pretrain_batch_size: int = 64       # windows per step, global: split over the ranks under torchrun
@@ -146,6 +147,8 @@ class TrainConfig:
             raise ValueError("need TrainConfig.eval_temperature >= 0 and 0 < TrainConfig.eval_top_p <= 1")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"TrainConfig.device must be auto, cpu or cuda[:N], got {self.device}")
+        if self.base != "pretrain" and not self.base.endswith(".pt"):
+            raise ValueError(f"TrainConfig.base must be pretrain or a checkpoint file (.pt), got {self.base!r}")
         if self.recipe not in ("r1-zero", "r1"):
             raise ValueError(f"TrainConfig.recipe must be r1-zero or r1, got {self.recipe}")
         self.grpo.validate()

@@ -40,12 +40,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 import data
+from base import pretrain_base
 from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint, tokenizer_sha256
 from config import R1Config, TrainConfig, add_config_flags
 from evaluate import evaluate
 from grpo import GRPOConfig
 from model import Transformer, make_config
-from pretrain import pretrain_base
 from rejection import RejectionConfig, rejection_sample
 from rl import run_rl
 from sft import SFTConfig, load_examples, sft

@@ -145,12 +145,46 @@ def all_reduce_metrics(metrics, op="mean"):
     if not dist.is_initialized():
         return dict(metrics)
     keys = [k for k, v in metrics.items() if v is not None]
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     all_reduce_([values], "max" if op == "max" else "sum")
     if op == "mean":
         values /= world_size()
     return {**metrics, **dict(zip(keys, values.tolist()))}
+
+
+def reduce_stats(stats, op="mean"):
+    """A dict of floats (None kept as None) reduced over ranks: op is "mean", "sum" or "max" for every entry, or a
+    dict {key: op} (an entry it does not name: mean). One collective per kind of reduction."""
+    if not dist.is_initialized():
+        return dict(stats)
+    out = dict(stats)
+    for kind in ("sum", "max", "mean"):
+        part = {k: v for k, v in stats.items() if (op if isinstance(op, str) else op.get(k, "mean")) == kind}
+        if part:
+            out.update(all_reduce_metrics(part, kind))
+    return out
+
+
+def sum_over_ranks(tensor):
+    """A tensor's sum over the ranks (a float64 copy; the tensor itself under one process)."""
+    return all_reduce_([tensor.double()])[0] if dist.is_initialized() else tensor
+
+
+def max_over_ranks(number):
+    """An integer's maximum over the ranks."""
+    if not dist.is_initialized():
+        return number
+    return int(all_reduce_([torch.tensor([number], device=_collective_device())], "max")[0])
+
+
+def scale_for_gradient_average(loss):
+    """A rank's loss is its share of the global batch's; DDP averages the gradients over the W ranks, so W x the
+    share gives the gradient of the global loss."""
+    return loss * world_size() if world_size() > 1 else loss
+
+
+def _collective_device():
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def sum_router_load(model):

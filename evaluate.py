@@ -13,8 +13,9 @@ import torch
 
 import data
 import distributed
+import engine
 import rewards
-from sample import Decoder, rollouts
+from sample import rollouts
 
 
 def answer_key(text, row):
@@ -33,7 +34,7 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
     enc = data.get_tokenizer()
     n_problems = len(rows)
     rows = rows[distributed.rank()::distributed.world_size()]
-    batch = rollouts(Decoder(model), rows, k, max_new_tokens, temperature, top_p, batch_size)
+    batch = rollouts(engine.decoder_for(model), rows, k, max_new_tokens, temperature, top_p, batch_size)
     pass1, cons, lengths, reflections, consistency, formats = [], [], [], [], [], []
     checks = dict.fromkeys(rewards.CHECK_OUTCOMES, 0)
     for j, row in enumerate(rows):

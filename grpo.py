@@ -51,6 +51,7 @@ We minimise the loss, -J.
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -59,10 +60,8 @@ import torch
 
 import distributed
 from data import TASKS, pad_token_id, stop_token_ids
-from kernels import token_logprobs
-from model import compiled_blocks
 from rewards import score
-from sample import Decoder, rollouts
+from sample import generate, rollouts
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -75,6 +74,19 @@ def masked_mean(x, mask, dim=None):
     mask = mask.bool()
     total = torch.where(mask, x, 0.0).sum(dim)  # where, not x * mask: inf * 0 would be NaN
     return total / mask.sum(dim).clamp(min=1)
+
+
+def token_logprobs(logits, targets, temperature=1.0, return_entropy=False):
+    """log softmax(logits / temperature)[targets] per token (float32, logits.shape[:-1]): log π of each sampled
+    token. With return_entropy, also the entropy of softmax(logits / temperature) per token, logged and not
+    trained on (no gradient). kernels/logprobs.py computes the same without materialising the log-softmax."""
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if not return_entropy:
+        return logp
+    with torch.no_grad():
+        entropy = torch.special.entr(logp_all.exp()).sum(-1)  # entr(0) = 0 where logits are -inf
+    return logp, entropy
 
 
 def group_advantages(rewards, scale_std=True, eps=1e-6):
@@ -276,27 +288,21 @@ def minibatch_rows(n_prompts, G, minibatches, generator):
     return [order[:, j::minibatches].flatten() for j in range(min(minibatches, G))]
 
 
-# how a statistic of micro-batches or ranks makes one: loss and pg_loss are shares that add up, the rest per-part means
-STAT_REDUCE = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max"}
-
-
-def combine(values, op):
-    """The sum, max or mean of a list of numbers: how one statistic of several micro-batches makes one."""
-    return sum(values) if op == "sum" else max(values) if op == "max" else sum(values) / len(values)
-
-
 class GRPOTrainer:
     """Owns the policy's optimizer and the frozen reference; `step(rows)` is one GRPO iteration.
     reward_fn(text, row, format_weight, language_weight) scores one response (default: rewards.score).
-    compile_blocks (on a GPU): the minibatch steps run compiled blocks on rows padded to the model's context.
+
+    What runs each part is an attribute the engine may swap (engine.speed_up_grpo, on a GPU): `generate` samples
+    the rollouts (plain: sample.generate on the model), `logprobs_of_logits` turns logits into token
+    log-probabilities (plain: token_logprobs below), `update_context` wraps the update's forwards and backwards
+    (plain: nothing), and `pad_to` is the width the update pads its rows to (plain: the longest row).
 
     Data parallel (distributed.py): each rank decodes and scores whole prompt groups of its own, so advantages
     need no communication; the loss is normalised by the whole batch's counts and gradients are averaged by
     DDP, so an update equals one process's on all ranks' rollouts together."""
 
-    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score, seed=0, compile_blocks=False):
+    def __init__(self, model, cfg: GRPOConfig, device, reward_fn=score, seed=0):
         self.model, self.cfg, self.device, self.reward_fn = model, cfg, device, reward_fn
-        self.compile_blocks = compile_blocks  # the update's forwards and backwards through model.compiled_blocks
         self.train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged
         self.ref = None
         if cfg.kl_beta > 0:  # the reference is the policy as RL found it (the base model), frozen
@@ -305,9 +311,12 @@ class GRPOTrainer:
                                      fused=device.type == "cuda")  # one kernel per step on a GPU
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.pad_id = pad_token_id()
-        self.decoder = Decoder(model)  # keeps its CUDA graphs and KV cache from one step to the next
         self.stop_ids = set(stop_token_ids())
         self.split_rng = torch.Generator().manual_seed(seed)  # minibatch splits; the same on every rank
+        self.generate = functools.partial(generate, model)
+        self.logprobs_of_logits = token_logprobs
+        self.update_context = contextlib.nullcontext
+        self.pad_to = 0
 
     def state_dict(self):
         return {"opt": self.opt.state_dict(), "ref": self.ref.state_dict() if self.ref is not None else None,
@@ -317,16 +326,110 @@ class GRPOTrainer:
         self.opt.load_state_dict(state["opt"])
         if self.ref is not None and state["ref"] is not None:
             self.ref.load_state_dict(state["ref"])
-        if "split_rng" in state:  # absent from checkpoints written before data parallelism
-            self.split_rng.set_state(state["split_rng"])
+        self.split_rng.set_state(state["split_rng"])
+
+    def step(self, rows):
+        """One GRPO iteration on rows, this rank's prompts (task dicts of data.py). Returns (statistics over all
+        ranks, this rank's aha examples)."""
+        cfg, G = self.cfg, self.cfg.group_size
+
+        # 1. Rollouts: G samples per prompt from the current policy, scored by the rule-based rewards
+        t0 = time.time()
+        prompts, completions, texts, scores = rollouts(
+            self.generate, rows, G, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size,
+            score=lambda text, row: self.reward_fn(text, row, cfg.format_weight, cfg.language_weight))
+        t_rollout = time.time() - t0
+
+        # 2. The reward of each rollout, with DAPO's overlong shaping when asked for
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
+        truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
+        reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,
+                                                                            cfg.overlong_buffer)
+        reward = reward.view(len(rows), G)
+
+        # 3. The update: advantages, old and reference log-probs, μ passes of minibatch steps
+        t1 = time.time()
+        summary = self.update(prompts, completions, reward, keep=~truncated if cfg.overlong_filter else None)
+        summary.update(rollout_stats(rows, G, scores, reward, lengths, truncated, t_rollout, time.time() - t1))
+
+        # "aha" examples: the model reflected ("Wait", "Warte", ...: rewards.reflection_count), and ended correct
+        aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
+               for i in range(len(texts)) if scores[i].accuracy == 1 and scores[i].reflections > 0][:2]
+        return summary, aha
+
+    def update(self, prompts, completions, reward, keep=None):
+        """One GRPO update on given rollouts: prompts and completions (token-id lists, G consecutive rows per
+        prompt) and their rewards [n_prompts, G]; `keep` [n] (optional) says which rollouts the loss may use
+        (DAPO's overlong filtering drops the truncated ones; they still count in their group's baseline).
+        Returns the loss statistics averaged over the optimizer steps, over all ranks."""
+        cfg, model = self.cfg, self.model
+        advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
+
+        # every rank pads to the same width (its rows are then exactly one process's rows, padding included:
+        # padding tokens pass through the routers and count in their load)
+        ends = row_ends(prompts, completions)
+        width = distributed.max_over_ranks(max(int(ends.max()), self.pad_to))
+        tokens, response = (t.to(self.device) for t in pack_sequences(prompts, completions, self.pad_id, width))
+        mask = response[:, 1:]
+        if keep is not None:
+            mask = mask & keep.to(self.device)[:, None]
+
+        # log-probs of the behaviour policy (old) and of the reference, before any update
+        model.eval()
+        old_logp = self.token_logprobs_by_length(model, tokens, ends)
+        ref_logp = self.token_logprobs_by_length(self.ref, tokens, ends) if self.ref is not None else None
+        model.train()
+
+        logs = []
+        with self.update_context():
+            for _ in range(cfg.epochs):  # μ passes over the batch
+                for idx in minibatch_rows(len(reward), cfg.group_size, cfg.minibatches, self.split_rng):
+                    logs.append(self.minibatch_step(tokens, mask, advantages, old_logp, ref_logp, idx.to(self.device)))
+        summary = {key: sum(log[key] for log in logs) / len(logs) for key in logs[0] if logs[0][key] is not None}
+        return distributed.reduce_stats(summary, STAT_REDUCE)
+
+    def minibatch_step(self, tokens, mask, advantages, old_logp, ref_logp, idx):
+        """One optimizer step on the clipped objective over the rollouts idx, in micro-batches of
+        cfg.micro_batch_rows rows with gradients accumulated. Returns the step's statistics."""
+        cfg, model = self.cfg, self.model
+        chunks = idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,)
+        # what the whole minibatch's loss divides by (its tokens, or its sequences, over all ranks), so that the
+        # losses of its micro-batches and ranks add up to the loss of the whole
+        count = mask[idx].sum() if cfg.loss_agg_mode == "token-mean" else idx.new_tensor(len(idx))
+        n_total = None
+        if len(chunks) > 1 or distributed.world_size() > 1:
+            n_total = distributed.sum_over_ranks(count).clamp(min=1).float()
+        self.opt.zero_grad(set_to_none=True)
+        parts = []
+        for k, rows in enumerate(chunks):
+            with distributed.gradient_sync(self.train_model, last=k == len(chunks) - 1):
+                logp, entropy = self.token_logprobs(self.train_model, tokens[rows], return_entropy=True)
+                loss, stats = grpo_loss(logp, old_logp[rows], None if ref_logp is None else ref_logp[rows],
+                                        advantages[rows], mask[rows], cfg.clip_eps_low, cfg.clip_eps_high,
+                                        cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens, n_total=n_total)
+                distributed.scale_for_gradient_average(loss).backward()
+            parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[rows])})
+        # checked once the backward passes are queued, not between forward and backward (a host sync there would
+        # leave the GPU idle while the backward is launched), and before the step can apply it
+        loss = sum(p["loss"] for p in parts)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        self.opt.step()
+        distributed.sum_router_load(model)  # the bias update follows the load of all ranks' tokens
+        router = model.router_stats()
+        model.update_router_bias()
+        stats = {key: combine([float(p[key]) for p in parts], STAT_REDUCE.get(key, "mean")) for key in parts[0]}
+        return {**stats, "grad_norm": grad_norm.item(),
+                "router_max_over_mean": sum(router) / len(router) if router else None}
 
     def token_logprobs(self, model, tokens, return_entropy=False):
         """log π(token | prefix) at every position of rows laid out by pack_sequences, [N, L-1] (what follows a
         row's end is padding's, which the loss masks out)."""
         with self.autocast:
             logits = model(tokens[:, :-1])  # no pad mask: padding only follows each row's tokens
-        return token_logprobs(logits, tokens[:, 1:], temperature=self.cfg.temperature,
-                              return_entropy=return_entropy)
+        return self.logprobs_of_logits(logits, tokens[:, 1:], temperature=self.cfg.temperature,
+                                       return_entropy=return_entropy)
 
     @torch.no_grad()
     def token_logprobs_by_length(self, model, tokens, ends, chunk_rows=128):
@@ -341,149 +444,42 @@ class GRPOTrainer:
             out[rows, :width - 1] = self.token_logprobs(model, tokens[rows, :width])
         return out
 
-    def step(self, rows):
-        """rows: this rank's prompts, a list of task dicts (data.py). Returns (stats over all ranks, this rank's
-        aha examples)."""
-        cfg, G = self.cfg, self.cfg.group_size
 
-        # 1. Rollouts: G samples per prompt from the current policy (KV cache, eval mode, no grad), scored by the
-        #    rule-based rewards
-        t0 = time.time()
-        prompts, completions, texts, scores = rollouts(
-            self.decoder, rows, G, cfg.max_new_tokens, cfg.temperature, batch_size=cfg.rollout_batch_size,
-            score=lambda text, row: self.reward_fn(text, row, cfg.format_weight, cfg.language_weight))
-        t_rollout = time.time() - t0
+# how a statistic of micro-batches or ranks makes one: loss and pg_loss are shares that add up, the rest per-part
+# means
+STAT_REDUCE = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max", "response_len_max": "max", "rollout_s": "max",
+               "train_s": "max"}
 
-        # 2. The update on their rewards
-        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
-        truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
-        reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,
-                                                                            cfg.overlong_buffer)
-        reward = reward.view(len(rows), G)
-        t1 = time.time()
-        summary = self.update(prompts, completions, reward, keep=~truncated if cfg.overlong_filter else None)
-        t_train = time.time() - t1
 
-        # 3. Rollout statistics over all ranks (each rank holds the same number of rollouts: means average)
-        accuracy = torch.tensor([s.accuracy for s in scores])
-        reflections = torch.tensor([float(s.reflections) for s in scores])
-        summary.update(distributed.all_reduce_metrics(dict(
-            reward=reward.mean().item(), accuracy=accuracy.mean().item(),
-            format=sum(s.format for s in scores) / len(scores), response_len_mean=lengths.mean().item(),
-            reflection_rate=reflections.mean().item(),
-            language_consistency=sum(s.language_consistency for s in scores) / len(scores),
-            groups_with_signal=(reward.std(1) > 0).float().mean().item(),
-            truncated=truncated.float().mean().item()), "mean"))
-        summary.update(distributed.all_reduce_metrics(dict(
-            response_len_max=lengths.max().item(), rollout_s=t_rollout, train_s=t_train), "max"))
-        totals = distributed.all_reduce_metrics(dict(
-            tokens=lengths.sum().item(), correct=accuracy.sum().item(),
-            reflections_correct=reflections[accuracy == 1].sum().item()), "sum")
-        summary.update(
-            reflection_rate_correct=totals["reflections_correct"] / totals["correct"] if totals["correct"] else 0.0,
-            rollout_tokens_per_s=totals["tokens"] / summary["rollout_s"])
-        # accuracy of each task where a step mixes them (R1's RL for all scenarios: Countdown and arithmetic);
-        # every rank reduces the same keys, whichever tasks it drew
-        tasks = [rows[i // G].get("task") for i in range(len(scores))]
-        per_task = {}
-        for task in TASKS:
-            per_task[f"correct_{task}"] = sum(s.accuracy for s, t in zip(scores, tasks) if t == task)
-            per_task[f"n_{task}"] = tasks.count(task)
-        per_task = distributed.all_reduce_metrics(per_task, "sum")
-        mixed = [task for task in TASKS if per_task[f"n_{task}"]]
-        if len(mixed) > 1:
-            summary.update({f"accuracy_{task}": per_task[f"correct_{task}"] / per_task[f"n_{task}"]
-                            for task in mixed})
-        # "aha" examples: the model reflected ("Wait", "Warte", ...: rewards.reflection_count), and ended correct
-        aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
-               for i in range(len(texts)) if scores[i].accuracy == 1 and scores[i].reflections > 0][:2]
-        return summary, aha
+def combine(values, op):
+    """The sum, max or mean of a list of numbers: how one statistic of several micro-batches makes one."""
+    return sum(values) if op == "sum" else max(values) if op == "max" else sum(values) / len(values)
 
-    def update(self, prompts, completions, reward, keep=None):
-        """One GRPO update on given rollouts: prompts and completions (token-id lists, G consecutive rows per
-        prompt) and their rewards [n_prompts, G]; `keep` [n] (optional) says which rollouts the loss may use
-        (DAPO's overlong filtering drops the truncated ones; they still count in their group's baseline).
-        Advantages, then the behaviour and reference log-probs, then μ passes of minibatch steps on the clipped
-        objective. Returns the loss statistics averaged over those steps and reduced over ranks."""
-        cfg, model, W = self.cfg, self.model, distributed.world_size()
-        advantages = group_advantages(reward, scale_std=cfg.scale_std).flatten().to(self.device)
 
-        # log-probs of the behaviour policy (old) and the reference, before any update. Every rank pads to the
-        # longest row of all ranks, or all to the context: the ranks' rows are then exactly one process's rows,
-        # padding included (padding tokens pass through the routers and count in their load).
-        ends = row_ends(prompts, completions)
-        width = int(ends.max())
-        if self.compile_blocks:
-            # the model's whole context as input, max_seq_len columns: a pretraining window's shape (pretrain.py),
-            # so the compiled code is pretraining's, and one shape for every step (a new one would compile anew)
-            width = max(width, model.cfg.max_seq_len + 1)
-        elif W > 1:
-            width = int(distributed.all_reduce_([torch.tensor([width], device=self.device)], "max")[0])
-        tokens, response = (t.to(self.device) for t in pack_sequences(prompts, completions, self.pad_id, width))
-        mask = response[:, 1:]
-        if keep is not None:
-            mask = mask & keep.to(self.device)[:, None]
-        model.eval()
-        old_logp = self.token_logprobs_by_length(model, tokens, ends)
-        ref_logp = self.token_logprobs_by_length(self.ref, tokens, ends) if self.ref is not None else None
-        model.train()
-
-        logs = []
-        with compiled_blocks(model) if self.compile_blocks else contextlib.nullcontext():
-            for _ in range(cfg.epochs):
-                logs += self.minibatch_steps(tokens, mask, advantages, old_logp, ref_logp, len(reward))
-
-        summary = {key: float(sum(float(s[key]) for s in logs) / len(logs))
-                   for key in logs[0] if logs[0][key] is not None}
-        # over ranks as over micro-batches: loss and pg_loss add up, the other statistics are per-rank means
-        for op in ("sum", "max", "mean"):
-            part = {k: v for k, v in summary.items() if STAT_REDUCE.get(k, "mean") == op}
-            summary.update(distributed.all_reduce_metrics(part, op))
-        return summary
-
-    def minibatch_steps(self, tokens, mask, advantages, old_logp, ref_logp, n_prompts):
-        """One pass (epoch) over this rank's rollouts: cfg.minibatches optimizer steps on the clipped objective,
-        each over micro-batches of cfg.micro_batch_rows rows with gradients accumulated. Returns each step's
-        statistics."""
-        cfg, model, W = self.cfg, self.model, distributed.world_size()
-        logs = []
-        minibatches = [idx.to(self.device) for idx in
-                       minibatch_rows(n_prompts, cfg.group_size, cfg.minibatches, self.split_rng)]
-        chunked = [idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,) for idx in minibatches]
-        n_totals = [None] * len(minibatches)
-        if W > 1 or any(len(chunks) > 1 for chunks in chunked):
-            # what each global minibatch's loss divides by (its tokens, or its sequences), so that the losses
-            # of its micro-batches and ranks add up to the loss of the whole
-            counts = torch.stack([mask[idx].sum() if cfg.loss_agg_mode == "token-mean" else idx.new_tensor(
-                len(idx)) for idx in minibatches]).double()
-            n_totals = distributed.all_reduce_([counts])[0].clamp(min=1).tolist()
-        for chunks, n_total in zip(chunked, n_totals):
-            self.opt.zero_grad(set_to_none=True)
-            parts = []
-            for k, idx in enumerate(chunks):
-                last = k == len(chunks) - 1
-                with distributed.gradient_sync(self.train_model, last):
-                    logp, entropy = self.token_logprobs(self.train_model, tokens[idx], return_entropy=True)
-                    loss, stats = grpo_loss(logp, old_logp[idx], None if ref_logp is None else ref_logp[idx],
-                                            advantages[idx], mask[idx], cfg.clip_eps_low, cfg.clip_eps_high,
-                                            cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,
-                                            n_total=n_total)
-                    # This rank's loss is its share of the global minibatch's; DDP averages gradients over the
-                    # W ranks, so W x the share gives the gradient of the global loss.
-                    (loss * W if W > 1 else loss).backward()
-                parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[idx])})
-            # checked once the backward passes are queued, not between forward and backward (a host sync there
-            # would leave the GPU idle while the backward is launched), and before the step can apply it
-            loss = sum(p["loss"] for p in parts)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"GRPO loss is {loss.item()}; lower GRPOConfig.lr")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            self.opt.step()
-            distributed.sum_router_load(model)
-            router = model.router_stats()
-            model.update_router_bias()
-            stats = {key: combine([float(p[key]) for p in parts], STAT_REDUCE.get(key, "mean")) for key in parts[0]}
-            stats.update(grad_norm=grad_norm.item(),
-                         router_max_over_mean=sum(router) / len(router) if router else None)
-            logs.append(stats)
-        return logs
+def rollout_stats(rows, G, scores, reward, lengths, truncated, rollout_s, train_s):
+    """What a step's rollouts show, over all ranks (each rank holds the same number of rollouts, so means
+    average): reward, accuracy, format, length, reflections (and among correct answers), language consistency,
+    groups that carry a gradient, truncation, speed, and each task's accuracy where a step mixes tasks."""
+    n = len(scores)
+    accuracy = torch.tensor([s.accuracy for s in scores])
+    reflections = torch.tensor([float(s.reflections) for s in scores])
+    stats = distributed.reduce_stats(dict(
+        reward=reward.mean().item(), accuracy=accuracy.mean().item(), format=sum(s.format for s in scores) / n,
+        response_len_mean=lengths.mean().item(), reflection_rate=reflections.mean().item(),
+        language_consistency=sum(s.language_consistency for s in scores) / n,
+        groups_with_signal=(reward.std(1) > 0).float().mean().item(), truncated=truncated.float().mean().item(),
+        response_len_max=lengths.max().item(), rollout_s=rollout_s, train_s=train_s), STAT_REDUCE)
+    tasks = [rows[i // G].get("task") for i in range(n)]
+    totals = {"tokens": lengths.sum().item(), "correct": accuracy.sum().item(),
+              "reflections_correct": reflections[accuracy == 1].sum().item()}
+    for task in TASKS:  # every rank reduces the same keys, whichever tasks it drew
+        totals[f"correct_{task}"] = sum(s.accuracy for s, t in zip(scores, tasks) if t == task)
+        totals[f"n_{task}"] = tasks.count(task)
+    totals = distributed.reduce_stats(totals, "sum")
+    stats.update(
+        reflection_rate_correct=totals["reflections_correct"] / totals["correct"] if totals["correct"] else 0.0,
+        rollout_tokens_per_s=totals["tokens"] / stats["rollout_s"])
+    mixed = [task for task in TASKS if totals[f"n_{task}"]]
+    if len(mixed) > 1:  # R1's RL for all scenarios: Countdown and arithmetic
+        stats.update({f"accuracy_{task}": totals[f"correct_{task}"] / totals[f"n_{task}"] for task in mixed})
+    return stats

@@ -9,8 +9,8 @@ A small Mixture-of-Experts transformer in the style of DeepSeek-V3 (arXiv:2412.1
   top-k *choice only*; after each training step it moves by a fixed rate toward balance, down for
   overloaded experts and up for underloaded ones. No balancing term enters the loss.
 - The first `n_dense_layers` layers use a dense SwiGLU instead of experts (as V3 does).
-- A static-shape KV cache for decoding; rows may be left-padded (ragged prompts): padding is masked out of
-  attention and each row's RoPE positions count only its real tokens.
+- A KV cache for decoding; rows may be left-padded (ragged prompts): padding is masked out of attention and
+  each row's RoPE positions count only its real tokens.
 - Optional multi-head latent attention (`attention="mla"`; DeepSeek-V2 sec. 2.1, V3 sec. 2.1.1 eq. 1-11) in
   place of standard multi-head attention ("mha", the default). Keys and values are up-projected from one shared
   low-rank latent c_kv = W_DKV h (eq. 1-2, 5); position enters only through a small decoupled key k_R = RoPE(W_KR h),
@@ -19,17 +19,18 @@ A small Mixture-of-Experts transformer in the style of DeepSeek-V3 (arXiv:2412.1
   Training and prefill expand the latent to per-head keys and values ("naive"); a cached decoding step instead
   absorbs W_UK into the query and W_UV into the output and attends over the latent directly ("absorb", V2 sec.
   2.1.2), never materialising per-head keys and values of the whole cache.
+
+This is the one plain path of every part. The decoding engine (engine/decoder.py) runs a copy of this model with
+fused Triton kernels swapped in, and training compiles its blocks (engine/compile.py); both are tested against
+this file.
 """
 
-import contextlib
 import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from kernels import decode as decode_kernels
 
 # Module switches, read at call time: set them before a run, or in a test or benchmark.
 # A MoE layer given at most DENSE_MAX_TOKENS tokens (a decoding step) runs every expert on every token and weights
@@ -104,18 +105,13 @@ PRESETS = {
 
 
 class RMSNorm(nn.Module):
-    fused_decode = False  # set on sample.Decoder's copy on a GPU: one kernel of kernels/decode.py (no gradient)
-
     def __init__(self, dim, eps):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if self.fused_decode:
-            return decode_kernels.rms_norm(x, self.weight, self.eps)
-        # in float32 (a no-op for the residual stream): MLA also normalises bf16 projections under autocast, and
-        # the fused kernel needs input and weight of one dtype
+        # in float32 (a no-op for the residual stream): MLA also normalises bf16 projections under autocast
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
@@ -137,12 +133,9 @@ class KVCache:
     """What attention needs of past tokens, for every layer and a batch of rows, in fixed-size buffers.
 
     Slot j of every row is written at the same decoding step; `valid[b, j]` says whether it holds a real token
-    of row b (left padding and rows that already finished hold none), and `n_real[b]` counts row b's real
-    tokens so far, which is the RoPE position of its next token. Every index lives on the device and attention
-    spans all slots of the buffers it is given (unfilled ones are masked), so a decoding step has static shapes
-    and no host sync: it can be captured once as a CUDA graph and replayed (sample.py). `view` gives a cache
-    over the first rows and slots of the same memory, so a decoder can attend only over the slots filled so far
-    and, after `keep_rows` has moved the unfinished rows to the front, run only those.
+    of row b (left padding holds none), and `n_real[b]` counts row b's real tokens so far, which is the RoPE
+    position of its next token. `pos` counts the slots filled so far; attention spans all slots and masks the
+    invalid and unfilled ones.
 
     Every per-token buffer has the shape [n_layers, B, kv_heads, max_len, width]: MHA keeps keys `k` and values
     `v` of each head; MLA keeps one latent `latent` and one RoPE key `k_rope`, shared by all heads (kv_heads 1)."""
@@ -162,22 +155,11 @@ class KVCache:
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # slots filled so far
 
-    def view(self, rows, slots):
-        """The same cache restricted to its first `rows` rows and `slots` slots (no copy)."""
-        part = object.__new__(KVCache)
-        part.per_token_names = self.per_token_names
+    def keep_rows(self, rows):
+        """Keep only the rows `rows` (a LongTensor), in that order: the rows still decoding."""
         for name, buf in self.per_token_buffers().items():
-            setattr(part, name, buf[:, :rows, :, :slots])
-        part.valid, part.n_real, part.pos = self.valid[:rows, :slots], self.n_real[:rows], self.pos
-        return part
-
-    def keep_rows(self, order, slots):
-        """Move rows `order` (a LongTensor) to the front, in that order; only the first `slots` slots matter."""
-        n = len(order)
-        for buf in self.per_token_buffers().values():
-            buf[:, :n, :, :slots] = buf[:, order, :, :slots]
-        self.valid[:n, :slots] = self.valid[order, :slots]
-        self.n_real[:n] = self.n_real[order]
+            setattr(self, name, buf[:, rows])
+        self.valid, self.n_real = self.valid[rows], self.n_real[rows]
 
     def per_token_buffers(self):
         """name -> buffer [n_layers, B, kv_heads, max_len, width]: rows on dim 1, slots on dim 3."""
@@ -192,10 +174,6 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, dtype=torch.bfloat16):
 
 
 class Attention(nn.Module):
-    # set on sample.Decoder's copy on a GPU: a decoding step's RoPE, cache write and attention in one kernel of
-    # kernels/decode.py, the prefill's RoPE in another
-    fused_decode = False
-
     def __init__(self, cfg: ModelConfig, layer_id):
         super().__init__()
         self.layer_id, self.n_heads = layer_id, cfg.n_heads
@@ -205,15 +183,8 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache: KVCache | None, slots):
         B, T, C = x.shape
         qkv = self.wqkv(x).view(B, T, 3, self.n_heads, C // self.n_heads)
-        if self.fused_decode and cache is not None and T == 1:  # RoPE, cache write and attention in one kernel
-            layer = self.layer_id
-            return self.wo(decode_kernels.attend_one_step(qkv, cos[:, 0], sin[:, 0], cache.k[layer],
-                                                          cache.v[layer], cache.valid, slots))
+        q, k = self.rotate_queries_keys(qkv, cos, sin)
         v = qkv[:, :, 2].transpose(1, 2)  # [B, H, T, D], as q and k
-        if self.fused_decode:
-            q, k = decode_kernels.rope_queries_keys(qkv, cos[:, 0], sin[:, 0])
-        else:  # queries and keys rotated together: half the kernels
-            q, k = apply_rope(qkv[:, :, :2].permute(2, 0, 3, 1, 4), cos, sin)
         if cache is not None:
             k_all, v_all = cache.k[self.layer_id], cache.v[self.layer_id]
             k_all.index_copy_(2, slots, k.to(k_all.dtype))
@@ -224,6 +195,11 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
+    def rotate_queries_keys(self, qkv, cos, sin):
+        """RoPE on the queries and keys of qkv [B, T, 3, H, D] -> q, k [B, H, T, D], rotated together (half the
+        kernels of two calls)."""
+        return apply_rope(qkv[:, :, :2].permute(2, 0, 3, 1, 4), cos, sin)
 
 
 class MLA(nn.Module):
@@ -294,10 +270,6 @@ class MLA(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    # set on sample.Decoder's copy on a GPU, after pack_for_decoding: a decoding step's few tokens go through
-    # two matmuls and one kernel of kernels/decode.py
-    fused_decode = False
-
     def __init__(self, dim, hidden):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
@@ -305,16 +277,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)  # down
 
     def forward(self, x):
-        if self.fused_decode and x.numel() <= DENSE_MAX_TOKENS * x.shape[-1]:
-            return decode_kernels.swiglu_experts(x.reshape(-1, x.shape[-1]), *self.packed).view(x.shape)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
-    @torch.no_grad()
-    def pack_for_decoding(self):
-        """The input projections as one matrix (kernels/decode.swiglu_experts), from the current weights; written
-        in place after the first call, as CUDA graphs captured since then read it where it is."""
-        w13 = self.packed[0] if hasattr(self, "packed") else None
-        self.packed = (torch.cat([self.w1.weight, self.w3.weight], out=w13), self.w2.weight)
 
 
 def expert_counts(idx, n_experts):
@@ -353,10 +317,6 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
-    # set on sample.Decoder's copy on a GPU, after pack_for_decoding: a decoding step's few tokens go through
-    # the router and all experts in two matmuls and one kernel of kernels/decode.py
-    fused_decode = False
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, D, H = cfg.n_routed_experts, cfg.dim, cfg.moe_hidden
@@ -370,26 +330,9 @@ class MoE(nn.Module):
     def forward(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        if self.fused_decode and x.shape[0] <= DENSE_MAX_TOKENS:
-            E, H, _ = self.w1.shape
-            return decode_kernels.swiglu_experts(x, *self.packed, self.gate, E, H).view(shape)
         weights, idx = self.gate(x)
         routed = self.routed_dense if x.shape[0] <= DENSE_MAX_TOKENS else self.routed_grouped
         return (routed(x, weights, idx) + self.shared(x)).view(shape)
-
-    @torch.no_grad()
-    def pack_for_decoding(self):
-        """The routed experts and the shared ones as one SwiGLU of E*H + H_s hidden units (routed expert e's
-        units are e*H .. (e+1)*H - 1), its input projections one matrix (kernels/decode.swiglu_experts), from the
-        current weights; written in place after the first call, as CUDA graphs captured since then read them
-        there."""
-        E, H, D = self.w1.shape
-        shared = self.shared
-        w13, w2 = self.packed if hasattr(self, "packed") else (None, None)
-        self.packed = (
-            torch.cat([self.w1.reshape(E * H, D), shared.w1.weight, self.w3.reshape(E * H, D), shared.w3.weight],
-                      out=w13),
-            torch.cat([self.w2.permute(1, 0, 2).reshape(D, E * H), shared.w2.weight], 1, out=w2))
 
     # Two exact ways to compute sum_k g_k * expert_k(x). Decoding steps carry few tokens; every expert's
     # weights are read from memory either way, so running all experts on all tokens and weighting by the gates
@@ -441,10 +384,6 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    # set on sample.Decoder's copy on a GPU: an MHA decoding step's positions and cache counts in one kernel, and no
-    # attention mask (Attention's kernel reads the cache's valid slots)
-    fused_decode = False
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -480,14 +419,7 @@ class Transformer(nn.Module):
         if cache is None and T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
         real = torch.ones_like(tokens, dtype=torch.bool) if pad_mask is None else pad_mask
-        if self.fused_decode and cache is not None and T == 1 and self.cfg.attention == "mha":
-            # a decoding step: positions, their angles and the cache's counts in one kernel, and no mask
-            # (Attention's kernel reads cache.valid itself)
-            cos, sin = decode_kernels.step_positions(real, cache.n_real, cache.valid, cache.pos, self.rope_cos,
-                                                     self.rope_sin)
-            mask, slots = None, cache.pos
-        else:
-            cos, sin, mask, slots = self.positions_and_mask(real, pad_mask is not None, cache, segment_ids)
+        cos, sin, mask, slots = self.positions_and_mask(real, pad_mask is not None, cache, segment_ids)
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache, slots)
@@ -528,12 +460,6 @@ class Transformer(nn.Module):
             mask = mask[:, None]
         return cos, sin, mask, slots
 
-    def pack_for_decoding(self):
-        """Each block's feed-forward layer packs its matrices for the fused decoding step (a MoE packs its shared
-        expert with its routed ones, so that one is not packed on its own)."""
-        for layer in self.layers:
-            layer.ffn.pack_for_decoding()
-
     def gates(self):
         return [layer.ffn.gate for layer in self.layers if isinstance(layer.ffn, MoE)]
 
@@ -554,24 +480,6 @@ class Transformer(nn.Module):
             per_expert = 3 * cfg.dim * cfg.moe_hidden
             n -= len(self.gates()) * (cfg.n_routed_experts - cfg.n_activated_experts) * per_expert
         return n
-
-
-@contextlib.contextmanager
-def compiled_blocks(model):
-    """Regional compilation (PyTorch's recipe for models of repeated layers): torch.compile each block's forward
-    rather than the whole model's. Blocks of one kind share their compiled code (small: one dense block, seven MoE
-    blocks), so compiling takes about half as long (~17 s against ~28 s on an H100 host; benchmarks/RESULTS.md).
-    Static shapes (dynamic=False): pretraining's windows and the GRPO update's rows have one shape, [64, 640], so
-    the update runs the code pretraining compiled; another shape compiles anew (~15 s), never the much slower
-    shape-generic code a second shape would otherwise get. Undone on exit, so that decoding, the no-grad passes
-    and copies of the model (the reference, the decoder) run eagerly."""
-    for block in model.layers:
-        block.forward = torch.compile(block.forward, dynamic=False)  # an instance attribute over the class's
-    try:
-        yield
-    finally:
-        for block in model.layers:
-            del block.forward
 
 
 def make_config(preset="small", **overrides) -> ModelConfig:

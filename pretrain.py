@@ -1,18 +1,11 @@
 """
 Pretraining the base model: next-token prediction on the packed synthetic corpus (data.corpus_tokens), with
-warmup and cosine decay, checkpointed and resumable. The base model is where R1-Zero's RL starts (and R1's
-stages, and distill.py's students).
+warmup and cosine decay. The base model is where R1-Zero's RL starts (and R1's stages, and distill.py's
+students); base.py runs this loop as a resumable stage, on a GPU with the engine's compiled blocks.
 """
 
-import contextlib
 import math
-import multiprocessing
-import os
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -21,9 +14,7 @@ from tqdm import tqdm
 
 import data
 import distributed
-from checkpoint import drop_rows_from, load_checkpoint, save_checkpoint
 from config import TrainConfig
-from model import Transformer, compiled_blocks, make_config
 
 
 def lr_at(step, total, peak, warmup):
@@ -39,20 +30,6 @@ def corpus_stream(n_tokens, seed, cfg):
     return torch.from_numpy(np.array(data.corpus_tokens(n_tokens, seed=seed, cfg=cfg), dtype=np.int64))
 
 
-def corpus_stream_beside(n_tokens, seed, cfg, work):
-    """The corpus stream [n] (long), generated in a fresh process while `work()` runs in this one. Should that
-    process die (a script without an `if __name__ == "__main__":` guard re-runs itself in a spawned child, which
-    Python stops), the stream is generated here after `work()`, as without this overlap."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # spawn: CUDA-safe
-        corpus = pool.submit(data.corpus_array, n_tokens, seed, cfg)  # the child imports data.py, not torch
-        work()
-        try:
-            return torch.from_numpy(np.frombuffer(corpus.result(), dtype=np.int32)).long()
-        except BrokenProcessPool:
-            print("pretrain: the corpus process failed to start; generating the corpus here", file=sys.stderr)
-    return corpus_stream(n_tokens, seed, cfg)
-
-
 def next_token_loss(train_model, windows, autocast):
     """Mean cross-entropy of each token of windows [n, T + 1] given the ones before it: a pretraining step's loss,
     and the compile warm-up's (the same graph, so the warm-up compiles what the steps run)."""
@@ -61,26 +38,11 @@ def next_token_loss(train_model, windows, autocast):
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
 
 
-def compile_warm_up(train_model, model, rows, seq_len, autocast, device):
-    """Run the compiled forward and backward once on a batch of zeros, so that torch.compile compiles them now,
-    and leave no trace of it: no optimizer step, the gradients dropped, the routers' load counts zeroed."""
-    next_token_loss(train_model, torch.zeros(rows, seq_len + 1, dtype=torch.long, device=device), autocast).backward()
-    model.zero_grad(set_to_none=True)
-    for gate in model.gates():
-        gate.load.zero_()
-
-
-def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
-    """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every
-    cfg.pretrain_checkpoint_every steps. On a GPU the blocks are compiled while it runs (compiled_blocks)."""
-    compiled = device.type == "cuda" and not cfg.eager
-    with compiled_blocks(model) if compiled else contextlib.nullcontext():
-        pretrain_loop(model, cfg, device, log, save, start_step, opt_state, compiled)
-
-
-def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_state, compiled):
+def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None, stream=None):
+    """Next-token prediction on windows of cfg.pretrain_seq_len tokens drawn at random from the corpus stream
+    (generated here unless given), from start_step to cfg.pretrain_steps; `save(step, opt)` checkpoints every
+    cfg.pretrain_checkpoint_every steps."""
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
-    window = torch.arange(T + 1, device=device)
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
     micro = cfg.pretrain_micro_batch_size or b  # rows per forward/backward; b // micro of them make a step
     train_model = distributed.wrap(model)  # forward + backward through it: gradients are averaged over ranks
@@ -89,17 +51,11 @@ def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_st
     if opt_state:
         opt.load_state_dict(opt_state)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    n_tokens = min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * B * T) + T + 1
-    if compiled:
-        # fused kernels: 2x a small step on an H100 (benchmarks/RESULTS.md). Compiling the step and generating
-        # the corpus are the two long parts of the start (~17 s and ~10 s on an H100 host): side by side.
-        stream = corpus_stream_beside(n_tokens, cfg.seed, cfg.corpus,
-                                      lambda: compile_warm_up(train_model, model, micro, T, autocast, device))
-    else:
-        stream = corpus_stream(n_tokens, cfg.seed, cfg.corpus)
+    if stream is None:
+        stream = corpus_stream(pretrain_tokens(cfg), cfg.seed, cfg.corpus)
     # the whole stream on the device (160 MB for 20M tokens): a step's windows are gathered there from their start
     # offsets, 64 numbers to copy, not 64 windows stacked on the host and copied over
-    n_starts, stream = len(stream) - T - 1, stream.to(device)
+    n_starts, stream, window = len(stream) - T - 1, stream.to(device), torch.arange(T + 1, device=device)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
     model.train()
     t0, tokens_seen = time.time(), 0
@@ -109,7 +65,7 @@ def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_st
 
     def check_finite(step):
         # every rank learns of any rank's non-finite loss, so all stop here together (none waits in a collective)
-        if distributed.all_reduce_([nonfinite.float()], "max")[0].item():
+        if distributed.reduce_stats({"nonfinite": nonfinite.item()}, "max")["nonfinite"]:
             raise FloatingPointError(f"pretraining loss is not finite at a step in {checked}..{step}; lower "
                                      "TrainConfig.pretrain_lr")
     bar = tqdm(range(start_step, cfg.pretrain_steps), desc="pretrain", initial=start_step, total=cfg.pretrain_steps,
@@ -138,7 +94,7 @@ def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_st
             balance = model.router_stats()
             model.update_router_bias()
             dt = time.time() - t0
-            mean_loss = distributed.all_reduce_metrics({"loss": loss.item()})["loss"]  # ranks' equal shares
+            mean_loss = distributed.reduce_stats({"loss": loss.item()})["loss"]  # ranks' equal shares
             log({"stage": "pretrain", "step": step, "loss": mean_loss, "lr": opt.param_groups[0]["lr"],
                  "router_max_over_mean": float(np.nanmean(balance)) if balance else None,
                  "tokens_per_s": tokens_seen / dt, "elapsed_s": dt})
@@ -150,35 +106,7 @@ def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_st
             save(step + 1, opt)
 
 
-def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
-    """The base model of cfg.preset: with cfg.resume the finished paths["base.pt"], or pretraining continued from
-    an interrupted paths["pretrain.pt"]; otherwise pretrained from scratch. Logs `first_row`, the run's config
-    row, at every start, so that a resumed run's metrics name each command and commit that wrote them. Saves
-    base.pt when pretraining ends."""
-    main_rank = distributed.is_main()
-    say = print if main_rank else (lambda *args: None)
-    if first_row is not None:
-        log({**first_row, "resumed": cfg.resume})  # a row without a step: drop_rows_from below keeps it
-    if cfg.resume and os.path.exists(paths["base.pt"]):
-        say(f"resumed the finished base model from {paths['base.pt']}")
-        return load_checkpoint(paths["base.pt"], device)["model"]
-    start, opt_state = 0, None
-    if cfg.resume and os.path.exists(paths["pretrain.pt"]):
-        ckpt = load_checkpoint(paths["pretrain.pt"], device)
-        model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-        say(f"resumed pretraining at step {start}")
-        if main_rank:
-            drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
-    else:
-        model = Transformer(make_config(cfg.preset)).to(device)
-    say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
-        f"active per token, on {device}")
-
-    def save(step, opt):
-        if main_rank:
-            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
-
-    pretrain(model, cfg, device, log, save, start, opt_state)
-    if main_rank:
-        save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
-    return model
+def pretrain_tokens(cfg: TrainConfig):
+    """Corpus tokens to generate: what the steps read, at most cfg.pretrain_unique_tokens (then cycled)."""
+    T = cfg.pretrain_seq_len
+    return min(cfg.pretrain_unique_tokens, cfg.pretrain_steps * cfg.pretrain_batch_size * T) + T + 1

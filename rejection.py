@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 import data
+import engine
 import sft
 from checkpoint import git_commit, load_checkpoint
 from config import add_config_flags
-from sample import Decoder, rollouts
+from sample import rollouts
 
 # why a sample is rejected, in the order the checks run (each sample counts under the first it fails)
 REASONS = ("truncated", "bad_format", "wrong", "mixed_language", "too_long", "duplicate", "over_keep_per_prompt")
@@ -49,7 +50,7 @@ class RejectionConfig:
     min_language_consistency: float = 0.99  # keep single-language CoTs only (R1 sec. 2.3.3: no mixed languages)
     max_tokens: int = 448                 # longest completion kept (SFT tokens, after the prompt's "<think>")
     keep_per_prompt: int = 4              # at most this many distinct correct answers per prompt
-    batch_size: int = 512                 # rows per Decoder call
+    batch_size: int = 512                 # rows decoded together
     seed: int = 0                         # the samples' draws and the problems drawn by the CLI
 
     def validate(self):
@@ -83,21 +84,22 @@ def rejection_reason(finished, reward, n_tokens, cfg: RejectionConfig):
     return None
 
 
-def rejection_sample(model, rows, cfg: RejectionConfig, decoder=None):
+def rejection_sample(model, rows, cfg: RejectionConfig, generate_fn=None):
     """Sample cfg.samples_per_prompt completions of each row (a task dict of data.py) and keep the good ones
     (see the module docstring). Returns (examples, stats): examples are {"question", "completion"} dicts in
-    sft.load_examples's layout, stats a dict of counts. Raises ValueError if nothing is kept."""
+    sft.load_examples's layout, stats a dict of counts. Raises ValueError if nothing is kept. generate_fn (default:
+    engine.decoder_for(model)) samples, as sample.rollouts calls it."""
     cfg.validate()
     rows = list(rows)
     if not rows:
         raise ValueError("no problems to sample: the set of rows is empty")
-    decoder = Decoder(model) if decoder is None else decoder
+    generate_fn = engine.decoder_for(model) if generate_fn is None else generate_fn
     stop_ids, k = data.stop_token_ids(), cfg.samples_per_prompt
     device = next(model.parameters()).device
     # seeded draws without touching the caller's RNG state (a torch.Generator would turn off the CUDA graphs)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        batch = rollouts(decoder, rows, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
+        batch = rollouts(generate_fn, rows, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
 
     reasons = dict.fromkeys(REASONS, 0)
     seen = {}  # question -> the kept completion texts, for duplicates and keep_per_prompt

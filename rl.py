@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 import distributed
+import engine
 from checkpoint import drop_rows_from, load_checkpoint, save_checkpoint
 from config import TrainConfig
 from grpo import GRPOTrainer
@@ -26,8 +27,8 @@ def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", 
     say = print if main_rank else (lambda *args: None)
     steps = cfg.rl_steps if steps is None else steps
     ckpt_path = paths[stage + ".pt"]
-    trainer = GRPOTrainer(model, grpo_cfg or cfg.grpo, device, seed=cfg.seed,
-                          compile_blocks=device.type == "cuda" and not cfg.eager)
+    trainer = engine.speed_up_grpo(GRPOTrainer(model, grpo_cfg or cfg.grpo, device, seed=cfg.seed),
+                                   compile_blocks=not cfg.eager)
     start = 0
     if cfg.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path, device)

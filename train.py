@@ -31,26 +31,31 @@ import torch
 
 import data
 import distributed
+from base import pretrain_base
 from checkpoint import git_commit
 from config import R1Config, TrainConfig, add_config_flags
 from curves import growth, plot_curves, read_rows, steps_to_accuracy
 from evaluate import evaluate
 from grpo import GRPOConfig
-from pretrain import pretrain_base
 from r1 import run_r1
 from rl import run_rl
 
 
 # The CPU setup: the GPU recipe (config.TrainConfig's defaults) would take hours on a CPU. These values replace its
-# defaults, except for the settings given on the command line: a smaller model pretrained on shorter windows
-# (documents average ~380 tokens), at most 6 attempts per reflect answer (so answers fit 256 new tokens), candidates
-# right more often (a weaker base otherwise), fewer prompts per RL step, and a smaller held-out evaluation (100
-# problems x 4 samples). Reflection only pays if the base can tell a hit from a miss ("Wait, v is not T" vs "Let me
-# verify"), which a 0.8M model learns only from many reflect answers (6x the GPU corpus's share, 3000 steps); and RL
-# only has reflection to amplify if the base seldom reflects where RL asks. So the reflect answers sit in documents'
-# later turns: a first turn, the position of RL's prompts, reflects 10% of the time as in the GPU corpus
-# (results/cpu). All of it in English: the GPU corpus's German reflection is there for R1's language study.
+# defaults, except for the settings given on the command line. RL starts from a committed base model, bases/cpu.pt
+# (3 MB; bases/README.md says how it was made and bases/regenerate.py makes it again), because pretraining it takes
+# ~30 minutes on 2 cores and the lesson is RL's. That base is the setup's pretraining below, seed 0: a smaller model
+# pretrained on shorter windows (documents average ~380 tokens), at most 6 attempts per reflect answer (so answers fit
+# 256 new tokens), candidates right more often (a weaker base otherwise). Reflection only pays if the base can tell a
+# hit from a miss ("Wait, v is not T" vs "Let me verify"), which a 0.8M model learns only from many reflect answers
+# (6x the GPU corpus's share, 3000 steps); and RL only has reflection to amplify if the base seldom reflects where RL
+# asks. So the reflect answers sit in documents' later turns: a first turn, the position of RL's prompts, reflects
+# 10% of the time as in the GPU corpus. All of it in English: the GPU corpus's German reflection is there for R1's
+# language study. Then fewer prompts per RL step and a smaller held-out evaluation (100 problems x 4 samples).
+# --base pretrain (or any model, pretraining or corpus flag) pretrains the base here instead.
+CPU_BASE = "bases/cpu.pt"
 CPU_SETUP = {
+    "base": CPU_BASE,
     "preset": "cpu", "pretrain_steps": 3000, "pretrain_batch_size": 32, "pretrain_seq_len": 256,
     "pretrain_lr": 3e-3, "pretrain_warmup": 50,
     "corpus_p_reflect": 0.6, "corpus_first_turn_reflect_scale": 0.1667, "corpus_max_attempts": 6,
@@ -96,6 +101,8 @@ def parse_args(argv=None) -> TrainConfig:
         print(f"setup: {args['setup']} ({why})")
     if args["setup"] == "cpu":  # explicit flags win over the CPU setup
         args = {**defaults, **CPU_SETUP, **given, "setup": "cpu"}
+        if "base" not in given and any(name == "preset" or name.startswith(("pretrain_", "corpus_")) for name in given):
+            args["base"] = "pretrain"  # a base unlike the committed one
     sub_configs = {key: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)})
                    for key, (config_class, prefix) in NESTED.items()}
     try:

@@ -13,7 +13,7 @@ and for an earlier commit's code (its Decoder, kept across calls, or before 7104
 time of one decoding step with every row live, at 8, 64 and 512 rows, with and without the fused kernels.
 
 Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Countdown prompts at batch 64 and 256,
-for (1) sample.generate (static KV cache, bf16, CUDA-graph decoding), (2) the same model without a cache (a full
+for (1) the engine's Decoder (engine/decoder.py: bf16, fused kernels, CUDA graphs), (2) the same model without a cache (a full
 forward pass per new token), and (3) transformers' `generate` on a Mixtral-style MoE of the same shape
 (hidden size, layers, heads, 16 experts of the same width, top-2) built from a config with random weights.
 Policy update on the same workload: one no-grad log-prob pass padded to the longest row against length-sorted
@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 import data
+import engine
 from checkpoint import git_commit, load_checkpoint
 from model import Transformer, kv_cache_bytes_per_token, make_config
-from sample import Decoder
+from engine.decoder import Decoder
 
 LENGTHS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rl_lengths.json")
 
@@ -131,18 +132,23 @@ def measure_bandwidth():
     return 2 * x.numel() * x.element_size() / dt
 
 
-# Run inside the earlier commit's tree. A tree with a Decoder (7104019 on) keeps one across calls, as RL does, and
-# gives each row its own budget; before it (d1a7a83), sample.generate decodes every row until the longest is done.
+# Run inside the earlier commit's tree. A tree with a Decoder (in engine/decoder.py, or in sample.py from 7104019 on)
+# keeps one across calls, as RL does, and gives each row its own budget; before it (d1a7a83), sample.generate decodes
+# every row until the longest is done.
 OLD_ROLLOUT = """
-import json, sys, time, torch
+import json, os, sys, time, torch
 import sample
 from model import Transformer, make_config
 work = json.load(sys.stdin)
 prompts, lengths = work["prompts"], work["lengths"]
 model = Transformer(make_config("small")).cuda()
-how = "Decoder" if hasattr(sample, "Decoder") else "generate"
+if os.path.exists("engine/decoder.py"):
+    from engine.decoder import Decoder
+else:
+    Decoder = getattr(sample, "Decoder", None)
+how = "Decoder" if Decoder else "generate"
 if how == "Decoder":
-    decoder = sample.Decoder(model)
+    decoder = Decoder(model)
     run = lambda: decoder.generate(prompts, lengths, temperature=1.0, stop_ids=[])
 else:
     run = lambda: sample.generate(model, prompts, max(lengths), temperature=1.0, stop_ids=[])
@@ -230,7 +236,7 @@ def update_on_rl_workload():
     completions = [torch.randint(0, 400, (n,), generator=g).tolist() for n in lengths]
     torch.manual_seed(0)
     model = Transformer(make_config("small")).cuda()
-    trainer = GRPOTrainer(model, GRPOConfig(), torch.device("cuda"))
+    trainer = engine.speed_up_grpo(GRPOTrainer(model, GRPOConfig(), torch.device("cuda")), compile_blocks=False)
     tokens, response = (t.cuda() for t in pack_sequences(prompts, completions, trainer.pad_id))
     ends = row_ends(prompts, completions)
     model.eval()
@@ -239,7 +245,7 @@ def update_on_rl_workload():
     reward = torch.rand(len(prompts) // 8, 8, generator=g).round()
     update = timed(lambda: trainer.update(prompts, completions, reward))
     # as train.py runs it on a GPU: the minibatch steps through compiled blocks, rows padded to the context
-    trainer.compile_blocks = True
+    engine.speed_up_grpo(trainer, compile_blocks=True)
     t0 = time.time()
     trainer.update(prompts, completions, reward)
     first = time.time() - t0

@@ -1,5 +1,5 @@
 """
-Fused kernels for a decoding step (forward only, no gradient): sample.Decoder's copy of the model runs them.
+Fused kernels for a decoding step (forward only, no gradient): engine/decoder.py swaps them into its copy of the model.
 
 A decoding step carries one token per row, so its cost is not arithmetic but the number of kernels and the bytes
 of the KV cache read: PyTorch spends ~280 small kernels on a step of the small preset, each a few microseconds

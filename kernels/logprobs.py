@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from grpo import token_logprobs as token_logprobs_reference  # the plain path: what this kernel computes
+
 # the running max starts at a finite floor, not -inf, so a row whose logits are all -inf so far
 # never computes -inf - (-inf) = nan; exp(floor - max) still underflows to 0 for any real max
 MAX_FLOOR = tl.constexpr(-3.0e38)
@@ -160,14 +162,3 @@ def token_logprobs(logits, targets, temperature=1.0, return_entropy=False):
     # small vocabularies costs more host time than the kernel takes on the GPU
     *_, logp, entropy = _forward(logits, targets, float(temperature), return_entropy)
     return (logp, entropy) if return_entropy else logp
-
-
-def token_logprobs_reference(logits, targets, temperature=1.0, return_entropy=False):
-    """Plain PyTorch token_logprobs: the CPU path, and what the kernel is tested and benchmarked against."""
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    if not return_entropy:
-        return logp
-    with torch.no_grad():
-        entropy = torch.special.entr(logp_all.exp()).sum(-1)  # entr(0) = 0 where logits are -inf
-    return logp, entropy

@@ -35,7 +35,7 @@ def make_teacher(folder, vocab_size=None, step=TEACHER_CFG.rl_steps, **extra):
 
 
 class SolvingDecoder:
-    """Stands in for the teacher's sample.Decoder in rejection.py: an untrained tiny teacher solves nothing, so
+    """Stands in for the teacher's sampling in rejection.py: an untrained tiny teacher solves nothing, so
     rejection would keep nothing. This one answers every Countdown prompt with a correct, reflective solution
     found by search, so the test exercises the real rejection filters and everything after them on data a good
     teacher would write. It is not the teacher's own sampling: that part is rejection.py's, tested there."""
@@ -61,7 +61,7 @@ def mtimes(folder):
 
 def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     teacher = make_teacher(str(tmp_path / "teacher"))
-    monkeypatch.setattr(rejection, "Decoder", SolvingDecoder)
+    monkeypatch.setattr(rejection.engine, "decoder_for", lambda model: SolvingDecoder(model).generate)
     out = tmp_path / "distill"
     results = distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS])
     student = out / "students" / "tiny" / "seed0"
@@ -116,7 +116,7 @@ def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
 def test_interrupted_sft_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """SFT stopped after its first checkpoint continues from it: the finished model is the uninterrupted one."""
     teacher = make_teacher(str(tmp_path / "teacher"))
-    monkeypatch.setattr(rejection, "Decoder", SolvingDecoder)
+    monkeypatch.setattr(rejection.engine, "decoder_for", lambda model: SolvingDecoder(model).generate)
     args = ["--teacher", teacher, *ARGS, "--sft-steps", "2", "--sft-checkpoint-every", "1"]
     cfg = distill.parse_args(args)
     distill.run(cfg)

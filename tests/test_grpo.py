@@ -552,32 +552,38 @@ def rollout_batch(n_prompts=2, group_size=4, seed=0):
     return prompts, completions, torch.rand(n_prompts, group_size, generator=g).round()
 
 
-def one_update(device, compile_blocks, max_seq_len=640):
+def one_update(device, compile_blocks, max_seq_len=640, compile_context=None):
     """A tiny model's gradient from one GRPO update on rollout_batch (one minibatch of 4 micro-batches, the
-    optimizer step skipped), the update's statistics, and the model."""
+    optimizer step skipped), the update's statistics, and the model. compile_blocks: as engine.speed_up_grpo sets
+    the trainer up, through compile_context (default: engine.compiled_blocks)."""
+    import engine
     from grpo import GRPOConfig, GRPOTrainer
     from model import Transformer, make_config
 
     torch.manual_seed(0)
     model = Transformer(make_config("tiny", max_seq_len=max_seq_len)).to(device)
     cfg = GRPOConfig(group_size=4, minibatches=1, micro_batch_rows=2, kl_beta=0.01, max_grad_norm=1e9)
-    trainer = GRPOTrainer(model, cfg, torch.device(device), compile_blocks=compile_blocks)
+    trainer = GRPOTrainer(model, cfg, torch.device(device))
+    if compile_blocks:
+        compile_context = compile_context or engine.compiled_blocks
+        trainer.update_context = lambda: compile_context(model)
+        trainer.pad_to = max_seq_len + 1
     trainer.opt.step = lambda: None  # keep the gradient, skip the update
     stats = trainer.update(*rollout_batch())
     return torch.cat([p.grad.flatten() for p in model.parameters()]).cpu(), stats, model
 
 
 def test_padding_rows_to_the_context_changes_no_update(monkeypatch):
-    """compile_blocks pads every row to the model's context (max_seq_len + 1 columns), the shape of pretraining's
+    """The engine pads every row to the model's context (max_seq_len + 1 columns), the shape of pretraining's
     windows: padding only follows each row's tokens, so the update is the one on rows padded to the longest.
     (torch.compile is left out here, on the CPU, so that only the padding differs.)"""
     import grpo
 
-    monkeypatch.setattr(grpo, "compiled_blocks", lambda model: contextlib.nullcontext())
     widths, pack = [], grpo.pack_sequences
     monkeypatch.setattr(grpo, "pack_sequences", lambda *args: widths.append(args[3]) or pack(*args))
     longest, stats_longest, _ = one_update("cpu", compile_blocks=False)
-    context, stats_context, _ = one_update("cpu", compile_blocks=True, max_seq_len=24)
+    context, stats_context, _ = one_update("cpu", compile_blocks=True, max_seq_len=24,
+                                           compile_context=lambda model: contextlib.nullcontext())
     assert widths[0] < widths[1] == 25
     assert stats_context["loss"] == pytest.approx(stats_longest["loss"], rel=1e-5, abs=1e-7)
     assert longest.abs().max() > 0

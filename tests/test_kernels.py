@@ -11,7 +11,9 @@ import sys
 import pytest
 import torch
 
-import model  # first: it, and every module that imports it after this one, keeps the compiled kernels
+import engine.decoder
+import model
+from engine.decoder import FusedMoE, FusedSwiGLU, cache_view
 
 
 def _triton_and_kernels():
@@ -287,12 +289,14 @@ def test_swiglu_experts(E, topk):
         torch.nn.init.normal_(p, std=0.3)
     if E:
         ffn.gate.bias.copy_(randn(E, seed=12, scale=0.1))
-    ffn.eval().pack_for_decoding()
+    plain = copy.deepcopy(ffn).double()  # the plain module (its router computes in float32)
+    ffn.__class__ = FusedMoE if E else FusedSwiGLU
+    ffn.eval().pack()
     x = randn(7, cfg.dim, seed=13)
     out = decode.swiglu_experts(x, *ffn.packed, ffn.gate, E, cfg.moe_hidden) if E else \
         decode.swiglu_experts(x, *ffn.packed)
     with torch.no_grad():
-        ref = copy.deepcopy(ffn).double()(x.double())  # the plain module (its router computes in float32)
+        ref = plain(x.double())
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)  # fp32 sums over ~1000 products
 
 
@@ -304,7 +308,7 @@ def test_step_positions_matches_the_models_bookkeeping():
     real = torch.tensor([[True], [False], [False], [True]])
 
     def cache():
-        c = model.KVCache(net.cfg, 6, 40, "cpu", torch.float32).view(4, 32)
+        c = cache_view(model.KVCache(net.cfg, 6, 40, "cpu", torch.float32), 4, 32)
         c.n_real.copy_(torch.tensor([7, 12, 0, 0]))
         c.pos.fill_(15)
         c.valid[:, :15] = True
@@ -376,10 +380,10 @@ def test_sample_step_draws_afresh_at_every_step_and_row_and_repeats_with_the_see
 
 
 def test_model_with_decoding_kernels_matches_the_model(monkeypatch):
-    # the flags sample.Decoder sets on its copy: the same logits for a prefill and cached steps (MHA, the router,
-    # the experts), with a left-padded row and a row that finishes (its later steps feed padding, whose logits
-    # are never used: the kernel does not attend over their past)
-    monkeypatch.setattr(model, "decode_kernels", decode)  # this module's interpreted kernels
+    # the fused modules the Decoder swaps into its copy: the same logits for a prefill and cached steps (MHA, the
+    # router, the experts), with a left-padded row and a row that finishes (its later steps feed padding, whose
+    # logits are never used: the kernel does not attend over their past)
+    monkeypatch.setattr(engine.decoder, "_kernels", lambda: decode)  # this module's interpreted kernels
     torch.manual_seed(0)
     net = model.Transformer(model.make_config("tiny")).eval()
     tokens = torch.randint(0, 500, (3, 12))
@@ -387,16 +391,13 @@ def test_model_with_decoding_kernels_matches_the_model(monkeypatch):
     real[0, :2] = False  # a left-padded row
     real[2, 9:] = False  # a row that finished after 9 tokens
 
-    def run():
+    def run(net):
         cache = model.KVCache(net.cfg, 3, 16, "cpu", torch.float32)
         with torch.no_grad():
             out = [net(tokens[:, :7], pad_mask=real[:, :7], cache=cache)]
             out += [net(tokens[:, t:t + 1], pad_mask=real[:, t:t + 1], cache=cache) for t in range(7, 12)]
         return torch.cat(out, 1)
-    plain = run()
-    flagged = [m for m in net.modules() if hasattr(m, "fused_decode")]
-    assert {type(m).__name__ for m in flagged} == {"RMSNorm", "Attention", "SwiGLU", "MoE", "Transformer"}
-    for m in flagged:
-        m.fused_decode = True
-    net.pack_for_decoding()
-    torch.testing.assert_close(run()[real], plain[real], rtol=1e-5, atol=1e-5)
+    fused = engine.decoder.fuse(copy.deepcopy(net))
+    assert {type(m).__name__ for m in fused.modules()} >= {"FusedRMSNorm", "FusedAttention", "FusedSwiGLU",
+                                                          "FusedMoE", "FusedTransformer"}
+    torch.testing.assert_close(run(fused)[real], run(net)[real], rtol=1e-5, atol=1e-5)

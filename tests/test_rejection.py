@@ -14,7 +14,7 @@ import sft
 from checkpoint import save_checkpoint
 from model import Transformer, make_config
 from rejection import RejectionConfig, rejection_sample
-from sample import Decoder
+from engine.decoder import Decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def tiny_model(seed=0):
 
 
 class ScriptedDecoder:
-    """Stands in for sample.Decoder: answers the i-th time a prompt is asked with its script's i-th text
+    """Stands in for the model's sampling: answers the i-th time a prompt is asked with its script's i-th text
     (after the prefilled "<think>"), as token ids; records how it was called."""
 
     def __init__(self, scripts):
@@ -74,7 +74,7 @@ def completion_tokens(row, text):
 
 def run(cfg, scripts=None):
     decoder = ScriptedDecoder(scripts or {A["question"]: SCRIPT_A, B["question"]: SCRIPT_B})
-    return (*rejection_sample(tiny_model(), [A, B], cfg, decoder), decoder)
+    return (*rejection_sample(tiny_model(), [A, B], cfg, decoder.generate), decoder)
 
 
 def test_keeps_exactly_the_finished_correct_single_language_short_distinct_answers():
@@ -133,9 +133,9 @@ def test_nothing_kept_is_an_error_that_names_the_counts():
     scripts = {A["question"]: [wrong, wrong, " Try", MIXED_A]}
     with pytest.raises(ValueError, match=r"no sample survived rejection: 1 of 4 correct \(1 prompts x 4 samples\); "
                                          r"rejected: 1 truncated, 2 wrong, 1 mixed language\."):
-        rejection_sample(tiny_model(), [A], cfg, ScriptedDecoder(scripts))
+        rejection_sample(tiny_model(), [A], cfg, ScriptedDecoder(scripts).generate)
     with pytest.raises(ValueError, match="empty"):
-        rejection_sample(tiny_model(), [], cfg, ScriptedDecoder({}))
+        rejection_sample(tiny_model(), [], cfg, ScriptedDecoder({}).generate)
 
 
 @pytest.mark.parametrize("bad", [{"samples_per_prompt": 0}, {"max_new_tokens": 0}, {"keep_per_prompt": 0},
@@ -159,7 +159,7 @@ def test_seeded_draws_repeat_and_leave_the_callers_rng_alone():
         decoder = Recording(model)
         with pytest.raises(ValueError, match="no sample survived"):  # an untrained model answers nothing right
             rejection_sample(model, [A, B], RejectionConfig(samples_per_prompt=2, max_new_tokens=6, max_tokens=6,
-                                                            seed=seed), decoder)
+                                                            seed=seed), decoder.generate)
         return decoder.out
 
     state = torch.get_rng_state()
@@ -183,7 +183,7 @@ class OracleDecoder:
 def test_cli_writes_what_sft_reads(tmp_path, monkeypatch, capsys):
     ckpt, out = str(tmp_path / "rl.pt"), str(tmp_path / "sub" / "rejection.jsonl")
     save_checkpoint(ckpt, tiny_model(), stage="rl")
-    monkeypatch.setattr(rejection, "Decoder", lambda model: OracleDecoder())
+    monkeypatch.setattr(rejection.engine, "decoder_for", lambda model: OracleDecoder().generate)
     rejection.main(["--ckpt", ckpt, "--problems", "3", "--out", out, "--device", "cpu", "--samples-per-prompt", "2",
                     "--max-new-tokens", "64", "--max-tokens", "64"])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

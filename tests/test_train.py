@@ -236,7 +236,7 @@ def crash_after_logging(monkeypatch, function, stage, step):
     monkeypatch.setattr(r1, function, crashing)
 
 
-def correct_samples(model, rows, cfg, decoder=None):
+def correct_samples(model, rows, cfg, generate_fn=None):
     """Stands in for rejection.rejection_sample, which keeps nothing of a tiny model's answers: one correct
     answer per problem, written by the corpus writer."""
     examples = []
