@@ -50,6 +50,14 @@ class R1Config:
     """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1; results/r1 measures
     these defaults on 3 seeds (and 4 cold-start epochs: no better)."""
     coldstart_examples: int = 3000      # cold-start SFT examples (sec. 2.3.1: "thousands of" readable long CoTs)
+    # where they come from. oracle: the corpus writer's English reflect answers, kept when right (the writer of the
+    # pretraining data: a cleaner source than R1 had); r1zero: R1-Zero's own correct answers (its RL first, from the
+    # same base, as --recipe r1-zero runs it), rewritten readable (readable.py: English, no repeats, a summary)
+    coldstart_source: str = "oracle"    # oracle or r1zero: who writes the cold-start CoTs (see above)
+    coldstart_r1zero_problems: int = 1000  # pretraining-split problems the R1-Zero model answers (r1zero source)
+    coldstart_r1zero_samples: int = 4   # answers sampled per problem; the distinct correct ones are kept
+    coldstart_max_tokens: int = 384     # longest cold-start answer kept, in tokens (3/4 of the RL budget); 0: all
+    coldstart_giveup_fraction: float = 0.0  # share of examples that give up: all attempts miss, the last is answered
     coldstart_epochs: int = 2           # epochs of cold-start SFT
     coldstart_lr: float = 1e-4          # peak learning rate of cold-start SFT
     reasoning_rl_steps: int = 120       # steps of reasoning RL on the cold-started model (sec. 2.3.2)
@@ -60,12 +68,14 @@ class R1Config:
     rejection_max_tokens_frac: float = 0.875  # longest kept answer, as a share of the RL budget (448 of 512)
     non_reasoning_fraction: float = 0.25  # share of direct answers in the SFT set (R1: 200k of 800k samples)
     rsft_epochs: int = 2                # epochs of SFT on them (sec. 2.3.3: "for two epochs")
+    rsft_from: str = "base"             # base (the paper: R1 restarts from V3-Base) or reasoner (the stage-2 model)
     rsft_lr: float = 1e-4               # peak learning rate of that SFT
     sft_batch_size: int = 16            # rows per step of both SFT stages
     sft_seq_len: int = 640              # longest SFT example in tokens, at most the model's max_seq_len
     sft_checkpoint_every: int = 50      # SFT steps between checkpoints
     final_rl_steps: int = 120           # steps of RL for all scenarios on the rejection-SFT model (sec. 2.3.4)
     final_arithmetic_fraction: float = 0.25  # share of "Compute ..." problems among stage 4's prompts
+    final_rl_lr: float = 0.0            # learning rate of stage 4's GRPO; 0: --rl-lr, as stage 2
 
     def validate(self):
         for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
@@ -83,9 +93,19 @@ class R1Config:
             raise ValueError(f"R1Config.language_weight must be >= 0, got {self.language_weight}")
         if not 0 < self.rejection_max_tokens_frac <= 1:
             raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
-        for name in ("non_reasoning_fraction", "final_arithmetic_fraction"):
+        for name in ("non_reasoning_fraction", "final_arithmetic_fraction", "coldstart_giveup_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"R1Config.{name} must be in [0, 1)")
+        for name, choices in (("coldstart_source", ("oracle", "r1zero")), ("rsft_from", ("base", "reasoner"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"R1Config.{name} must be {' or '.join(choices)}, got {getattr(self, name)!r}")
+        for name in ("coldstart_r1zero_problems", "coldstart_r1zero_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"R1Config.{name} must be >= 1, got {getattr(self, name)}")
+        if self.coldstart_max_tokens < 0:
+            raise ValueError(f"R1Config.coldstart_max_tokens must be >= 0 (0: no cap), got {self.coldstart_max_tokens}")
+        if not (self.final_rl_lr >= 0 and math.isfinite(self.final_rl_lr)):
+            raise ValueError(f"R1Config.final_rl_lr must be >= 0 (0: GRPOConfig.lr), got {self.final_rl_lr}")
 
 
 @dataclass
@@ -125,6 +145,10 @@ class TrainConfig:
     eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
     eval_temperature: float = 0.6       # sampling temperature (R1's protocol: 0.6, top-p 0.95, pass@1 over k)
     eval_top_p: float = 0.95            # nucleus sampling's probability mass
+    # the same models on "Compute ..." arithmetic (data.arithmetic_rows: a set fixed by --seed; the task space is
+    # small, so it is no more held out than the corpus's arithmetic drill lets it be): arithmetic_pass@1 in eval.json
+    eval_arithmetic_problems: int = 100  # arithmetic problems each evaluation adds; 0 skips them
+    eval_arithmetic_samples: int = 4    # samples per arithmetic problem (pass@1 averaged over them)
     log_every: int = 10                 # steps between the metrics rows of pretraining and SFT (RL logs every step)
     checkpoint_every: int = 50          # RL steps between checkpoints (~1 s each on an H100, the reference included)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -134,11 +158,13 @@ class TrainConfig:
     def validate(self):
         make_config(self.preset)  # raises for an unknown preset
         positive = ["pretrain_steps", "pretrain_batch_size", "pretrain_seq_len", "rl_prompts_per_step", "eval_samples",
-                    "log_every", "checkpoint_every", "pretrain_unique_tokens", "pretrain_checkpoint_every"]
+                    "eval_arithmetic_samples", "log_every", "checkpoint_every", "pretrain_unique_tokens",
+                    "pretrain_checkpoint_every"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ["rl_steps", "eval_problems", "pretrain_warmup", "pretrain_micro_batch_size"]:
+        for name in ["rl_steps", "eval_problems", "pretrain_warmup", "pretrain_micro_batch_size",
+                     "eval_arithmetic_problems"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.pretrain_lr > 0 and math.isfinite(self.pretrain_lr)):
@@ -154,6 +180,9 @@ class TrainConfig:
         self.grpo.validate()
         self.corpus.validate()
         self.r1.validate()
+        if self.recipe == "r1" and self.r1.coldstart_source == "r1zero" and not self.rl_steps:
+            raise ValueError("R1Config.coldstart_source r1zero samples R1-Zero after its RL: it needs "
+                             "TrainConfig.rl_steps >= 1")
         # under torchrun: refused on every rank alike, before any rank waits for the others
         distributed.check_backend(self.dist_backend, self.device)
         share = distributed.per_rank(self.pretrain_batch_size, "TrainConfig.pretrain_batch_size")

@@ -261,6 +261,14 @@ def arithmetic_row(question, answer):
     return {"task": "arithmetic", "question": question, "numbers": [], "target": 0, "answer": str(answer)}
 
 
+def arithmetic_rows(n, seed=0):
+    """n "Compute ..." problems, the same for the same seed, from a random stream of their own (the corpus and
+    R1's stage 4 draw theirs from others, though from the same small space of expressions)."""
+    rng = random.Random(f"arithmetic rows {seed}")
+    expressions = [arithmetic_expression(rng) for _ in range(n)]
+    return [arithmetic_row(arithmetic_question(e.text), e.value) for e in expressions]
+
+
 def jsonl_objects(path):
     """(line number, parsed JSON value) for each non-blank line of a JSONL file; a line that is not JSON fails
     with its number."""

@@ -11,11 +11,17 @@ steps). This runs that comparison at nanoR1's scale, for each student size and s
 4. distilled: SFT of the base student on teacher.jsonl (sft.py; R1 distils with SFT only);
 5. distilled+RL: a short GRPO stage on the distilled student (R1 sec. 2.4 leaves this to the community);
 
+Where the comparison's condition holds. In R1 the small model's base holds far less of the teacher's reasoning
+than the teacher's base did (scale). Here a student pretrains on the teacher's corpus by default, so its base holds
+the same reflect answers that RL amplified in the teacher. --student-reflect-scales 1 0.1 adds students whose corpus
+has p_reflect 10x lower (the analogue of a smaller base that reflects less), beside the same-corpus ones;
+
 and evaluates the base, RL, distilled and distilled+RL students and the teacher on the teacher's held-out
 problems with the teacher's evaluation protocol (pass@1 over k samples, cons@k, length, reflections).
 
     python distill.py --teacher out                          # dense-1m, dense-4m, dense-12m; seed 0
     python distill.py --teacher out --students dense-1m --seeds 0 1 2 --distill-rl-steps 40
+    python distill.py --teacher out --student-reflect-scales 1 0.1    # the same corpus and a 10x weaker prior
     CUDA_VISIBLE_DEVICES=1 python distill.py --teacher out --seeds 1   # another GPU, once teacher_eval.json exists
 
 It always resumes: a step whose output exists is skipped, and an interrupted stage continues from its own
@@ -23,9 +29,11 @@ checkpoint. A comparison folder made with other settings is refused (use another
 
 Writes to --out-dir (default TEACHER/distill): teacher.jsonl, rejection.json (its stats), teacher_eval.json,
 students/PRESET/seedN/ (base.pt, rl.pt, distilled.pt, distilled_rl.pt, the stages' resumable checkpoints,
-metrics.jsonl, aha.jsonl, eval.json), distill.json (every student folder's evaluations, the teacher's, the
-rejection stats, the settings and provenance of the last run) and distill.png (held-out pass@1 vs student size,
-one line per method, the teacher as a horizontal line).
+metrics.jsonl, aha.jsonl, eval.json; students_reflectS/PRESET/seedN/ for a reflect scale S other than 1),
+distill.json (every student folder's evaluations under "students", those of other corpora under
+"students_by_reflect_scale", the teacher's, the rejection stats, the settings and provenance of the last run) and
+distill.png (held-out pass@1 vs student size, one panel per student corpus, one line per method, the teacher as a
+horizontal line).
 """
 
 import argparse
@@ -60,6 +68,7 @@ class DistillConfig:
     out_dir: str = ""                     # where the comparison is written; "": TEACHER/distill
     students: tuple = ("dense-1m", "dense-4m", "dense-12m")  # model presets (model.PRESETS)
     seeds: tuple = (0,)                   # each student size is trained once per seed
+    student_reflect_scales: tuple = (1.0,)  # the students' corpus p_reflect times each (1: the teacher's corpus)
     rl_steps: int = 0                     # the RL baseline's steps; 0: as many as the teacher got (fewer: refused)
     distill_rl_steps: int = 20            # the short GRPO stage on the distilled student
     reject_problems: int = 1000           # RL train problems the teacher answers (rejection.py)
@@ -78,6 +87,9 @@ class DistillConfig:
             make_config(preset)  # raises for an unknown preset
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"--seeds must be one or more distinct integers >= 0, got {list(self.seeds)}")
+        scales = self.student_reflect_scales
+        if not scales or len(set(scales)) != len(scales) or not all(0 <= x < float("inf") for x in scales):
+            raise ValueError(f"--student-reflect-scales must be one or more distinct numbers >= 0, got {list(scales)}")
         for name in ("rl_steps", "distill_rl_steps", "eval_problems", "eval_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -90,7 +102,25 @@ class DistillConfig:
 
 
 # settings that may change between runs into the same --out-dir: more sizes or seeds, another device, intervals
-FREE_TO_CHANGE = ("students", "seeds", "device", "sft.log_every", "sft.checkpoint_every", "rejection.batch_size")
+FREE_TO_CHANGE = ("students", "seeds", "student_reflect_scales", "device", "sft.log_every", "sft.checkpoint_every",
+                  "rejection.batch_size")
+
+
+def students_folder(reflect_scale):
+    """The folder (under --out-dir) of the students pretrained on a corpus of this reflect scale."""
+    return "students" if reflect_scale == 1 else f"students_reflect{reflect_scale:g}"
+
+
+def student_corpus(teacher_corpus, reflect_scale):
+    """The students' corpus: the teacher's, with p_reflect times reflect_scale (the rest of a corpus without
+    reflect answers are guesses and tries, as before). Stops clearly if that is no valid corpus."""
+    corpus = replace(teacher_corpus, p_reflect=teacher_corpus.p_reflect * reflect_scale)
+    try:
+        corpus.validate()
+    except ValueError as err:
+        raise SystemExit(f"--student-reflect-scales {reflect_scale:g} makes no valid student corpus from the "
+                         f"teacher's (p_reflect {teacher_corpus.p_reflect}): {err}") from None
+    return corpus
 
 
 def train_config_from(saved: dict) -> TrainConfig:
@@ -159,11 +189,11 @@ def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=2))
 
 
-def collect_students(out_dir):
+def collect_students(out_dir, folder="students"):
     """{preset: {"params": n, "seeds": {seed: {method: evaluation}}}} from every student folder's eval.json under
-    out_dir: the seeds of every run into this --out-dir, whichever process made them."""
+    out_dir/folder: the seeds of every run into this --out-dir, whichever process made them."""
     students = {}
-    root = os.path.join(out_dir, "students")
+    root = os.path.join(out_dir, folder)
     for preset in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         seeds = {}
         for name in sorted(os.listdir(os.path.join(root, preset))):
@@ -179,16 +209,17 @@ def collect_students(out_dir):
 
 
 class Student:
-    def __init__(self, preset, seed, cfg: DistillConfig, teacher_cfg: TrainConfig, rl_steps, device, out_dir):
-        self.dir = os.path.join(out_dir, "students", preset, f"seed{seed}")
+    def __init__(self, preset, seed, cfg: DistillConfig, teacher_cfg: TrainConfig, rl_steps, device, out_dir,
+                 reflect_scale=1.0):
+        self.dir = os.path.join(out_dir, students_folder(reflect_scale), preset, f"seed{seed}")
         os.makedirs(self.dir, exist_ok=True)
         self.paths = {n: os.path.join(self.dir, n) for n in
                       ("metrics.jsonl", "aha.jsonl", "eval.json", "pretrain.pt", "base.pt", "rl.pt",
                        "distilled_sft.pt", "distilled.pt", "distilled_rl.pt")}
-        # the teacher's recipe with the student's preset and seed: the same corpus, token budget and GRPO settings;
-        # resume=True makes run_rl continue from the stage's checkpoint
+        # the teacher's recipe with the student's preset and seed: the same corpus (its reflect share scaled),
+        # token budget and GRPO settings; resume=True makes run_rl continue from the stage's checkpoint
         self.cfg = replace(teacher_cfg, preset=preset, seed=seed, out_dir=self.dir, resume=True, rl_steps=rl_steps,
-                           device=str(device))
+                           device=str(device), corpus=student_corpus(teacher_cfg.corpus, reflect_scale))
         self.sft_cfg = replace(cfg.sft, seed=seed)
         self.distill_rl_steps, self.device = cfg.distill_rl_steps, device
         self.train_rows = data.problem_rows("train", seed=seed, path=teacher_cfg.train_data)  # as train.py's RL
@@ -257,13 +288,26 @@ class Student:
 
 
 def plot(results, out_png):
-    """Held-out pass@1 vs student parameters: one line per method through the seeds' mean, each seed a dot; the teacher
-    as a line."""
+    """Held-out pass@1 vs student parameters, one panel per student corpus (the teacher's, then each other reflect
+    scale): one line per method through the seeds' mean, each seed a dot; the teacher as a line."""
     import matplotlib
     matplotlib.use("Agg")  # a file, no display
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sizes = sorted(results["students"].items(), key=lambda item: item[1]["params"])
+    others = sorted(results.get("students_by_reflect_scale", {}).items(), key=lambda item: -float(item[0]))
+    corpora = [("the teacher's corpus", results.get("students", {}))] + [
+        (f"the teacher's corpus with {float(scale):g}x the reflect share", students) for scale, students in others]
+    corpora = [(title, students) for title, students in corpora if students]
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4), sharey=True, squeeze=False)
+    for ax, (title, students) in zip(axes[0], corpora):
+        plot_panel(ax, results, students, title)
+    axes[0][0].set_ylabel("held-out pass@1")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+
+
+def plot_panel(ax, results, students, title):
+    sizes = sorted(students.items(), key=lambda item: item[1]["params"])
     for method in METHODS:
         means, seeds = [], []
         for _, student in sizes:
@@ -279,13 +323,9 @@ def plot(results, out_png):
                    label=f"teacher ({results['teacher_checkpoint']})")
     ax.set_xscale("log")
     ax.set_xlabel("student parameters")
-    ax.set_ylabel("held-out pass@1")
-    ax.set_title("distillation vs RL on the student (R1 sec. 4.1)")
+    ax.set_title(f"distillation vs RL on the student (R1 sec. 4.1):\nstudents pretrained on {title}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
 
 
 def changed_settings(old, new):
@@ -307,6 +347,8 @@ def run(cfg: DistillConfig):
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     teacher, teacher_cfg, teacher_name, teacher_rl_steps = load_teacher(cfg.teacher, cfg.students, device)
     rl_steps = cfg.rl_steps or teacher_rl_steps
+    for scale in cfg.student_reflect_scales:
+        student_corpus(teacher_cfg.corpus, scale)  # stops now, before any work, if a scale makes no valid corpus
     if rl_steps < teacher_rl_steps:
         raise SystemExit(f"--rl-steps {rl_steps}: the RL baseline must get at least as many RL steps as the "
                          f"teacher got ({teacher_rl_steps}), or it is no match for it")
@@ -370,19 +412,24 @@ def run(cfg: DistillConfig):
     # 2-5. each student size and seed: base, RL baseline, distilled, distilled+RL; each evaluated once made, into
     # the student's own eval.json, so that runs of other seeds into this --out-dir (one per GPU, say, started once
     # teacher_eval.json exists) add theirs without overwriting each other's
-    for preset in cfg.students:
-        for seed in cfg.seeds:
-            student = Student(preset, seed, cfg, teacher_cfg, rl_steps, device, out_dir)
-            student.run(teacher_jsonl, teacher_sha)
-            eval_path = student.paths["eval.json"]
-            evals = json.load(open(eval_path)) if os.path.exists(eval_path) else {}
-            for method in METHODS:
-                if method not in evals:
-                    evals[method] = evaluate_model(student.load(method + ".pt"))
-                    write_json(eval_path, evals)
-                    print(f"{preset} seed {seed} {method}:",
-                          {k: v for k, v in evals[method].items() if k != "example"})
+    for scale in cfg.student_reflect_scales:
+        for preset in cfg.students:
+            for seed in cfg.seeds:
+                student = Student(preset, seed, cfg, teacher_cfg, rl_steps, device, out_dir, scale)
+                student.run(teacher_jsonl, teacher_sha)
+                eval_path = student.paths["eval.json"]
+                evals = json.load(open(eval_path)) if os.path.exists(eval_path) else {}
+                for method in METHODS:
+                    if method not in evals:
+                        evals[method] = evaluate_model(student.load(method + ".pt"))
+                        write_json(eval_path, evals)
+                        print(f"{students_folder(scale)}/{preset} seed {seed} {method}:",
+                              {k: v for k, v in evals[method].items() if k != "example"})
     results["students"] = collect_students(out_dir)
+    # the other corpora's students of every run into this --out-dir, by reflect scale
+    results["students_by_reflect_scale"] = {
+        name[len("students_reflect"):]: collect_students(out_dir, name) for name in sorted(os.listdir(out_dir))
+        if name.startswith("students_reflect") and os.path.isdir(os.path.join(out_dir, name))}
     save_results()
     plot(results, os.path.join(out_dir, "distill.png"))
     print(f"done; results in {results_path}")
@@ -398,7 +445,12 @@ def parse_args(argv=None) -> DistillConfig:
     parser.add_argument("--teacher", required=True, help="the --out-dir of a finished train.py run")
     parser.add_argument("--students", nargs="+", default=list(defaults.students), help="model presets")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
-    add_config_flags(parser, DistillConfig, skip=("teacher", "students", "seeds", "sft", "rejection"))
+    parser.add_argument("--student-reflect-scales", nargs="+", type=float,
+                        default=list(defaults.student_reflect_scales),
+                        help="one set of students per scale, pretrained on the teacher's corpus with p_reflect times "
+                             "the scale (1: the same corpus; 0.1: a base that holds less of the teacher's reasoning)")
+    add_config_flags(parser, DistillConfig, skip=("teacher", "students", "seeds", "student_reflect_scales", "sft",
+                                                  "rejection"))
     # the nested configs' fields get a prefix: --sft-lr sets sft.lr, --reject-temperature sets rejection.temperature
     nested = {"sft": (SFTConfig, "sft_"), "rejection": (RejectionConfig, "reject_")}
     for name, (config_class, prefix) in nested.items():  # (SFT's seed is each student's seed)
@@ -407,7 +459,8 @@ def parse_args(argv=None) -> DistillConfig:
     sub = {name: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)
                                  if prefix + f.name in args})
            for name, (config_class, prefix) in nested.items()}
-    cfg = DistillConfig(**{**args, "students": tuple(args["students"]), "seeds": tuple(args["seeds"])}, **sub)
+    cfg = DistillConfig(**{**args, "students": tuple(args["students"]), "seeds": tuple(args["seeds"]),
+                           "student_reflect_scales": tuple(args["student_reflect_scales"])}, **sub)
     try:
         cfg.validate()
     except ValueError as err:

@@ -11,11 +11,13 @@ encodes it without new tokens. Its words share none with the English phrases: ev
 
 import re
 
-# phrase name -> text; data.countdown_response fills its styles from one of these tables
+# phrase name -> text; data.countdown_response fills its styles from one of these tables, and readable.py (R1's
+# cold start from R1-Zero's outputs) translates with them and ends its answers with the "summary" phrase
 PHRASES = {
-    "en": {"guess": "Guess", "try": "Try", "verify": "Let me verify", "wait": "Wait", "is_not": "is not"},
+    "en": {"guess": "Guess", "try": "Try", "verify": "Let me verify", "wait": "Wait", "is_not": "is not",
+           "summary": "Summary"},
     "de": {"guess": "Ich rate", "try": "Versuche", "verify": "Lass mich pruefen", "wait": "Warte",
-           "is_not": "ist nicht"},
+           "is_not": "ist nicht", "summary": "Zusammenfassung"},
 }
 LANGUAGES = tuple(PHRASES)
 SECOND_LANGUAGE = "de"

@@ -154,7 +154,7 @@ def main(cfg: TrainConfig):
     os.makedirs(cfg.out_dir, exist_ok=True)
     paths = {name: os.path.join(cfg.out_dir, name) for name in
              ("metrics.jsonl", "base.pt", "rl.pt", "pretrain.pt", "aha.jsonl", "eval.json", "curves.png",
-              "coldstart.pt", "rl_reasoning.pt", "rejection.jsonl", "rsft.pt", "rl_final.pt")}
+              "coldstart.jsonl", "coldstart.pt", "rl_reasoning.pt", "rejection.jsonl", "rsft.pt", "rl_final.pt")}
     if cfg.resume and not any(os.path.exists(paths[name]) for name in ("pretrain.pt", "base.pt", "rl.pt")):
         raise SystemExit(f"--resume: nothing to resume in {cfg.out_dir}/ (no pretrain.pt, base.pt or rl.pt); "
                          "leave out --resume to start a fresh run")
@@ -162,7 +162,7 @@ def main(cfg: TrainConfig):
     random.seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     if not cfg.resume and main_rank:
-        for name in ("metrics.jsonl", "aha.jsonl", "eval.json", "rejection.jsonl"):
+        for name in ("metrics.jsonl", "aha.jsonl", "eval.json", "coldstart.jsonl", "rejection.jsonl"):
             if os.path.exists(paths[name]):
                 os.remove(paths[name])
     metrics_file = open(paths["metrics.jsonl"], "a") if main_rank else None
@@ -188,11 +188,23 @@ def main(cfg: TrainConfig):
     model = pretrain_base(cfg, device, log, paths, first_row=run_info)
     phase_done("pretraining")  # with the corpus's generation, the model's set-up and the checkpoint
 
+    arithmetic_rows = data.arithmetic_rows(cfg.eval_arithmetic_problems, cfg.seed)
+
+    def evaluate_model(stage_model):
+        """The held-out evaluation of a model (evaluate.py), with its pass@1 on "Compute ..." problems beside."""
+        result = evaluate(stage_model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
+                          cfg.eval_top_p)
+        if arithmetic_rows:
+            arithmetic = evaluate(stage_model, arithmetic_rows, cfg.eval_arithmetic_samples, cfg.grpo.max_new_tokens,
+                                  cfg.eval_temperature, cfg.eval_top_p)
+            result.update({"arithmetic_" + key: arithmetic[key] for key in
+                           ("pass@1", "format_rate", "truncated_rate", "mean_response_tokens", "example")})
+        return result
+
     evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     if "base" not in evals and cfg.eval_problems:
-        evals["base"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
-                                 cfg.eval_top_p)
-        say("base model:", {k: v for k, v in evals["base"].items() if k != "example"})
+        evals["base"] = evaluate_model(model)
+        say("base model:", {k: v for k, v in evals["base"].items() if not k.endswith("example")})
         if main_rank:
             json.dump(evals, open(paths["eval.json"], "w"), indent=2)
     phase_done("base_eval")
@@ -201,9 +213,8 @@ def main(cfg: TrainConfig):
         def evaluate_as(name, stage_model, t0):
             """Evaluate a stage's model once (a resumed run keeps the eval.json entry) and add up its wall time."""
             if name not in evals and cfg.eval_problems:
-                evals[name] = evaluate(stage_model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens,
-                                       cfg.eval_temperature, cfg.eval_top_p)
-                say(f"{name} model:", {k: v for k, v in evals[name].items() if k != "example"})
+                evals[name] = evaluate_model(stage_model)
+                say(f"{name} model:", {k: v for k, v in evals[name].items() if not k.endswith("example")})
             wall = evals.setdefault("stage_wall_s", {})
             wall[name] = wall.get(name, 0.0) + time.time() - t0  # summed over the runs that reached its end
             if main_rank:
@@ -212,7 +223,7 @@ def main(cfg: TrainConfig):
         # 2-5. DeepSeek-R1's stages on the base model, each evaluated on the same held-out problems
         run_r1(model, cfg, device, log, paths, evaluate_as, train_rows)
         phase_done("r1_stages")
-        rl_stages = ("rl_reasoning", "rl_final")
+        rl_stages = ("rl", "rl_reasoning", "rl_final")  # "rl": R1-Zero's, run first for an r1zero cold start
     else:
         # 2. R1-Zero RL on the base model
         run_rl(model, cfg, device, log, paths, train_rows)
@@ -220,9 +231,8 @@ def main(cfg: TrainConfig):
 
         # 3. Evaluate the RL model on the same held-out problems
         if cfg.rl_steps and cfg.eval_problems:
-            evals["rl"] = evaluate(model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens,
-                                   cfg.eval_temperature, cfg.eval_top_p)
-            say("RL model:  ", {k: v for k, v in evals["rl"].items() if k != "example"})
+            evals["rl"] = evaluate_model(model)
+            say("RL model:  ", {k: v for k, v in evals["rl"].items() if not k.endswith("example")})
         phase_done("rl_eval")
         rl_stages = ("rl",)
     if main_rank:

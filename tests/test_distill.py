@@ -163,10 +163,35 @@ def test_teacher_folder_problems_stop_clearly(tmp_path):
         distill.main(["--teacher", make_teacher(str(tmp_path / "long_rl"), step=5), *ARGS, "--rl-steps", "2"])
 
 
+def test_students_with_a_weaker_prior_beside_the_same_corpus(tmp_path, monkeypatch):
+    """--student-reflect-scales 1 0.1: a second set of students pretrained on the teacher's corpus with 10x fewer
+    reflect answers, in students_reflect0.1/, summed up beside the same-corpus ones, one figure panel each."""
+    teacher = make_teacher(str(tmp_path / "teacher"))
+    monkeypatch.setattr(rejection, "Decoder", SolvingDecoder)
+    out = tmp_path / "distill"
+    results = distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--distill-rl-steps", "0",
+                            "--student-reflect-scales", "1", "0.1"])
+    for folder, p_reflect in (("students", TEACHER_CFG.corpus.p_reflect),
+                              ("students_reflect0.1", TEACHER_CFG.corpus.p_reflect * 0.1)):
+        base_cfg = load_checkpoint(str(out / folder / "tiny" / "seed0" / "base.pt"))["train_config"]
+        assert base_cfg["corpus"]["p_reflect"] == pytest.approx(p_reflect), folder
+        assert base_cfg["corpus"]["p_try"] == TEACHER_CFG.corpus.p_try
+    assert set(results["students"]["tiny"]["seeds"]["0"]) == set(distill.METHODS)
+    assert set(results["students_by_reflect_scale"]) == {"0.1"}
+    assert set(results["students_by_reflect_scale"]["0.1"]["tiny"]["seeds"]["0"]) == set(distill.METHODS)
+    assert (out / "distill.png").exists()
+    # a scale that makes no valid corpus (p_try + p_reflect > 1) stops before any work
+    with pytest.raises(SystemExit, match="--student-reflect-scales 10 makes no valid student corpus"):
+        distill.main(["--teacher", teacher, "--out-dir", str(tmp_path / "other"), *ARGS,
+                      "--student-reflect-scales", "10"])
+    assert not (tmp_path / "other").exists()
+
+
 def test_bad_values_fail_clearly():
     for bad in (["--students", "huge"], ["--students", "tiny", "tiny"], ["--seeds", "-1"], ["--seeds", "0", "0"],
                 ["--distill-rl-steps", "-1"], ["--reject-problems", "0"], ["--sft-lr", "0"],
-                ["--reject-max-tokens", "600"], ["--eval-samples", "-2"], ["--device", "tpu"]):
+                ["--reject-max-tokens", "600"], ["--eval-samples", "-2"], ["--device", "tpu"],
+                ["--student-reflect-scales", "-1"], ["--student-reflect-scales", "1", "1"]):
         with pytest.raises(SystemExit):
             distill.parse_args(["--teacher", "somewhere", *bad])
     with pytest.raises(SystemExit):

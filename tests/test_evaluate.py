@@ -55,3 +55,28 @@ def test_evaluate_counts_the_format_rate_and_the_vote_on_known_answers(monkeypat
     result = evaluate(Transformer(make_config("tiny")), [COUNTDOWN], k=4, max_new_tokens=8, temperature=1.0,
                       top_p=0.95)
     assert (result["verify_precision"], result["false_reject_rate"]) == (0.5, 0.0)
+
+
+def test_evaluate_says_why_answers_do_not_finish(monkeypatch):
+    """Of 4 fixed answers: one cut at the budget while trying a candidate again (a loop), one finished with a
+    repeat, one finished with a true summary, one finished plain."""
+    import evaluate as evaluate_module
+    import rewards
+    from sample import Rollouts
+
+    loop = "<think> Try 3 * 7 + 11: 3 * 7 = 21, 21 + 11 = 32. Wait, 32 is not 54. Try 3 * 7 + 11: 3 * 7 = 21,"
+    answers = [loop,
+               loop + " 21 + 11 = 32. Wait. </think> <answer> 3 * 7 + 11 </answer>",
+               "<think> Try (11 + 7) * 3: 11 + 7 = 18, 18 * 3 = 54. Let me verify: 54 = 54. Summary: (11 + 7) * 3 = 54. "
+               "</think> <answer> (11 + 7) * 3 </answer>",
+               "<think> Guess: (11 + 7) * 3. </think> <answer> (11 + 7) * 3 </answer>"]
+    stop = data.stop_token_ids()[0]
+    completions = [[1, 2], [1, stop], [1, stop], [stop]]  # only their last tokens matter here
+
+    def fixed(decoder, rows, k, *args, **kwargs):
+        return Rollouts([], completions, answers, [rewards.score(t, rows[0]) for t in answers])
+    monkeypatch.setattr(evaluate_module, "rollouts", fixed)
+    result = evaluate(Transformer(make_config("tiny")), [COUNTDOWN], k=4, max_new_tokens=8, temperature=1.0,
+                      top_p=0.95)
+    assert (result["truncated_rate"], result["repeat_rate"], result["truncated_repeat_rate"]) == (0.25, 0.5, 1.0)
+    assert result["summary_rate"] == 0.25 and result["pass@1"] == 0.5

@@ -12,15 +12,19 @@ import torch
 
 import data
 import r1
+import readable
+import rewards
 import train
 from checkpoint import load_checkpoint
 from grpo import GRPOTrainer
+from template import THINK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "30", "--pretrain-batch-size", "8",
         "--pretrain-seq-len", "128", "--pretrain-unique-tokens", "50000", "--pretrain-warmup", "5",
         "--log-every", "5", "--rl-prompts-per-step", "4", "--rl-group-size", "4", "--rl-max-new-tokens", "24",
-        "--eval-problems", "3", "--eval-samples", "4", "--checkpoint-every", "2", "--corpus-p-reflect", "0.2"]
+        "--eval-problems", "3", "--eval-samples", "4", "--checkpoint-every", "2", "--corpus-p-reflect", "0.2",
+        "--eval-arithmetic-problems", "2", "--eval-arithmetic-samples", "2"]
 
 
 def run_train(args, **kw):
@@ -303,16 +307,128 @@ def test_r1_recipe_stops_on_a_cold_start_set_without_valid_example(tmp_path):
     # no candidate is ever right and a reflect answer gives up after one: no answer ends correct
     cfg = train.parse_args(R1_TINY + ["--out-dir", str(tmp_path), "--pretrain-steps", "2", "--eval-problems", "0",
                                       "--corpus-p-correct", "0", "--corpus-max-attempts", "1"])
-    with pytest.raises(SystemExit, match="coldstart SFT: no valid cold-start example"):
+    with pytest.raises(SystemExit, match=r"coldstart SFT \(oracle source\): no valid cold-start example"):
         train.main(cfg)
-    assert not os.path.exists(tmp_path / "coldstart.pt")
+    assert not os.path.exists(tmp_path / "coldstart.pt") and not os.path.exists(tmp_path / "coldstart.jsonl")
 
 
-def test_r1_config_flags():
+def test_r1_config_flags(capsys):
     cfg = train.parse_args(["--recipe", "r1", "--r1-language-weight", "0.5", "--r1-rsft-epochs", "3"])
     assert cfg.recipe == "r1" and cfg.r1.language_weight == 0.5 and cfg.r1.rsft_epochs == 3
     assert train.parse_args([]).recipe == "r1-zero"
+    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("oracle", "base", 0.0)
+    cfg = train.parse_args(["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--r1-rsft-from", "reasoner",
+                            "--r1-final-rl-lr", "1e-5", "--r1-coldstart-giveup-fraction", "0.1"])
+    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "reasoner", 1e-5)
     for bad in (["--recipe", "r2"], ["--r1-coldstart-examples", "0"], ["--r1-non-reasoning-fraction", "1"],
                 ["--r1-language-weight", "-1"], ["--r1-rejection-max-tokens-frac", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(bad)
+    for bad, message in ((["--r1-coldstart-source", "people"], "--r1-coldstart-source must be oracle or r1zero"),
+                         (["--r1-rsft-from", "rl"], "--r1-rsft-from must be base or reasoner"),
+                         (["--r1-coldstart-max-tokens", "-1"], "--r1-coldstart-max-tokens must be >= 0"),
+                         (["--r1-coldstart-giveup-fraction", "1"], "--r1-coldstart-giveup-fraction must be in"),
+                         (["--r1-final-rl-lr", "-1"], "--r1-final-rl-lr must be >= 0"),
+                         (["--r1-coldstart-r1zero-samples", "0"], "--r1-coldstart-r1zero-samples must be >= 1"),
+                         (["--eval-arithmetic-samples", "0"], "--eval-arithmetic-samples must be positive"),
+                         (["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--rl-steps", "0"],
+                          "--r1-coldstart-source r1zero samples R1-Zero after its RL: it needs --rl-steps >= 1")):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+        assert message in capsys.readouterr().err, bad
+
+
+# -----------------------------------------------------------------------------
+# R1's cold start from R1-Zero's own answers, made readable (readable.py)
+
+def messy_correct_samples(model, rows, cfg, decoder=None):
+    """Stands in for rejection.rejection_sample on an R1-Zero model: for each problem, cfg.samples_per_prompt
+    correct answers in R1-Zero's style at HEAD (German reflection, a miss tried twice), written from the problem's
+    solutions; the second sample of a problem rewrites to the first's readable text (only its repeat differs)."""
+    examples = []
+    for row in rows:
+        exprs = data.clean_expressions(tuple(sorted(row["numbers"])))
+        hit = next(e for e in exprs if e.value == row["target"])
+        miss = next(e for e in exprs if e.value != row["target"])
+        tried = f"Versuche {miss.text}: {data.render_steps(miss)}. Warte, {miss.value} ist nicht {row['target']}. "
+        for i in range(cfg.samples_per_prompt):
+            examples.append({"question": row["question"], "completion": (
+                f"<think> {tried * (i + 1)}Versuche {hit.text}: {data.render_steps(hit)}. Lass mich pruefen: "
+                f"{hit.value} = {row['target']}. </think> <answer> {hit.text} </answer>")})
+    return examples, {"sampled": len(examples), "correct": len(examples), "kept": len(examples),
+                      "mean_kept_tokens": 50.0}
+
+
+def row_of(question):
+    """The Countdown row of a question as data.countdown_question writes it."""
+    numbers, target = re.fullmatch(r"Using the numbers \[([\d, ]+)\], create an equation that equals (\d+)\. .*",
+                                   question).groups()
+    return data.countdown_row([int(n) for n in numbers.split(", ")], int(target))
+
+
+def test_r1zero_coldstart_set_is_readable_english_with_summaries_and_capped(monkeypatch):
+    monkeypatch.setattr(r1, "rejection_sample", messy_correct_samples)
+    cfg = train.parse_args(["--setup", "gpu", "--recipe", "r1", "--r1-coldstart-source", "r1zero",
+                            "--r1-coldstart-r1zero-problems",
+                            "30", "--r1-coldstart-r1zero-samples", "2", "--r1-coldstart-giveup-fraction", "0.25",
+                            "--r1-coldstart-max-tokens", "307"])
+    examples, stats = r1.make_coldstart_set(cfg)
+    answers = [e for e in examples if e["kind"] == "answer"]
+    assert stats["r1zero_sampled"] == 60 and stats["r1zero_duplicate"] == 30 and len(answers) == 30
+    assert stats["r1zero_mixed_language"] == 60 and stats["r1zero_repeated_attempts"] == 30
+    for example in examples:
+        row, text = row_of(example["question"]), THINK + example["completion"]
+        score = rewards.score(text, row)
+        assert score.format == 1 and score.language_consistency == 1.0 and readable.summary_ok(text, row)
+        assert score.accuracy == (example["kind"] == "answer")  # a give-up answers its last miss
+        if example["kind"] == "answer":
+            assert rewards.extract_answer(example["original"]) == rewards.extract_answer(text)
+    # the give-ups (written by the corpus writer: 10 misses, ~370 tokens) mostly pass the 307-token cap; the report
+    # counts what it dropped and gives the kept lengths' distribution
+    assert stats["max_tokens"] == 307 and stats["dropped_over_max_tokens"] >= 1
+    assert stats["examples"] == len(examples) == 30 + stats["give_ups"]
+    assert stats["tokens"]["max"] <= 307 < stats["dropped_tokens"]["max"]
+    assert stats["tokens"]["p50"] <= stats["tokens"]["p90"] <= stats["tokens"]["max"]
+
+
+def test_r1_recipe_with_an_r1zero_cold_start(tmp_path, monkeypatch):
+    """--r1-coldstart-source r1zero runs R1-Zero's RL first (rl.pt, evaluated as "rl"); the tiny R1-Zero solves
+    nothing and the run stops, saying so; with R1-Zero's answers stubbed (messy_correct_samples) a resumed run
+    keeps R1-Zero's RL, makes the readable set and runs every stage, rejection SFT from the stage-2 model."""
+    out = str(tmp_path / "r1zero")
+    args = R1_TINY + ["--out-dir", out, "--r1-coldstart-source", "r1zero", "--rl-steps", "2", "--r1-rsft-from",
+                      "reasoner", "--r1-final-rl-lr", "1e-5", "--r1-final-rl-steps", "1", "--r1-reasoning-rl-steps",
+                      "1", "--r1-coldstart-r1zero-problems", "3", "--r1-coldstart-r1zero-samples", "2"]
+    with pytest.raises(SystemExit, match=r"coldstart SFT \(r1zero source\): R1-Zero \(rl.pt, 2 RL steps\) has no "
+                                         r"correct answer to make readable: no sample survived rejection"):
+        train.main(train.parse_args(args))
+    assert torch.load(os.path.join(out, "rl.pt"), weights_only=False)["step"] == 2
+    assert not os.path.exists(os.path.join(out, "coldstart.jsonl"))
+    assert "rl" in json.load(open(os.path.join(out, "eval.json")))  # R1-Zero from the same base, for the table
+
+    monkeypatch.setattr(r1, "rejection_sample", messy_correct_samples)
+    sft_models = {}
+    real_run_sft = r1.run_sft
+
+    def spy(model, *args, **kwargs):
+        stage = args[-1]
+        sft_models[stage + "_init"] = model
+        sft_models[stage] = real_run_sft(model, *args, **kwargs)
+        return sft_models[stage]
+    monkeypatch.setattr(r1, "run_sft", spy)
+    evals = train.main(train.parse_args(args + ["--resume"]))
+    assert sft_models["rsft_init"] is sft_models["coldstart"]  # the stage-2 model: trained in place since the SFT
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["stage"] == "rl"] == [0, 1]  # R1-Zero's RL once, not again on resume
+    made = [r for r in rows if r["stage"] == "coldstart_set"]
+    assert len(made) == 1 and made[0]["source"] == "r1zero" and made[0]["examples"] == 3
+    for line in open(os.path.join(out, "coldstart.jsonl")):
+        example = json.loads(line)
+        assert "Summary: " in example["completion"] and "Versuche" in example["original"]
+        assert "Versuche" not in example["completion"]
+    for stage, lr in (("rl", train.parse_args(args).grpo.lr), ("rl_final", 1e-5)):  # --rl-lr; --r1-final-rl-lr
+        ckpt = torch.load(os.path.join(out, stage + ".pt"), weights_only=False)
+        assert ckpt["trainer"]["opt"]["param_groups"][0]["lr"] == lr, stage
+    for name in ("base", "rl", "coldstart", "rl_reasoning", "rsft", "r1"):
+        assert 0 <= evals[name]["arithmetic_pass@1"] <= 1 and evals[name]["truncated_rate"] is not None, name
+    assert {"rl_growth", "rl_reasoning_growth", "rl_final_growth"} <= set(evals)
