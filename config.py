@@ -6,10 +6,10 @@ data.py) and nest here.
 """
 
 import argparse
-import inspect
 import math
-import re
+import typing
 from dataclasses import dataclass, field, fields
+from typing import Annotated
 
 import data
 import distributed
@@ -18,11 +18,11 @@ from model import make_config
 
 
 def field_help(config_class):
-    """{field name: the comment on its line} of a dataclass, read from its source: each setting is explained once,
-    where it is declared, and train.py --help shows that."""
-    names = {f.name for f in fields(config_class)}
-    found = re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(config_class), re.MULTILINE)
-    return {name: comment for name, comment in found if name in names}
+    """{field name: its help}, the text its annotation carries (`name: Annotated[type, "help"] = default`): each
+    setting is explained once, where it is declared, and train.py --help shows that."""
+    hints = typing.get_type_hints(config_class, include_extras=True)
+    return {f.name: hints[f.name].__metadata__[0] for f in fields(config_class)
+            if typing.get_origin(hints[f.name]) is Annotated}
 
 
 def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False, notes=None):
@@ -37,7 +37,8 @@ def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False,
         dest = prefix + f.name
         defaults[dest] = f.default
         note = f"; {notes[dest]}" if notes and dest in notes else ""
-        kind = dict(action="store_true") if isinstance(f.default, bool) else dict(type=type(f.default))
+        boolean = isinstance(f.default, bool)  # --flag / --no-flag
+        kind = dict(action=argparse.BooleanOptionalAction) if boolean else dict(type=type(f.default))
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest,
                             default=argparse.SUPPRESS if only_given else f.default,
                             help=f"{comments.get(f.name, '')} (default: {f.default}{note})".replace("%", "%%"),
@@ -49,33 +50,38 @@ def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False,
 class R1Config:
     """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1; results/r1 measures
     these defaults on 3 seeds (and 4 cold-start epochs: no better)."""
-    coldstart_examples: int = 3000      # cold-start SFT examples (sec. 2.3.1: "thousands of" readable long CoTs)
+    coldstart_examples: Annotated[int, "cold-start SFT examples (sec. 2.3.1: \"thousands of\" readable long "
+                                  "CoTs)"] = 3000
     # where they come from. oracle: the corpus writer's English reflect answers, kept when right (the writer of the
     # pretraining data: a cleaner source than R1 had); r1zero: R1-Zero's own correct answers (its RL first, from the
     # same base, as --recipe r1-zero runs it), rewritten readable (readable.py: English, no repeats, a summary)
-    coldstart_source: str = "oracle"    # oracle or r1zero: who writes the cold-start CoTs (see above)
-    coldstart_r1zero_problems: int = 1000  # pretraining-split problems the R1-Zero model answers (r1zero source)
-    coldstart_r1zero_samples: int = 4   # answers sampled per problem; the distinct correct ones are kept
-    coldstart_max_tokens: int = 384     # longest cold-start answer kept, in tokens (3/4 of the RL budget); 0: all
-    coldstart_giveup_fraction: float = 0.0  # share of examples that give up: all attempts miss, the last is answered
-    coldstart_epochs: int = 2           # epochs of cold-start SFT
-    coldstart_lr: float = 1e-4          # peak learning rate of cold-start SFT
-    reasoning_rl_steps: int = 120       # steps of reasoning RL on the cold-started model (sec. 2.3.2)
-    language_weight: float = 1.0        # weight of sec. 2.3.2's language-consistency reward, in stages 2 and 4
-    rejection_problems: int = 1000      # RL problems the stage-2 model answers for rejection sampling (sec. 2.3.3)
-    rejection_samples_per_prompt: int = 8  # answers sampled per problem
-    rejection_keep_per_prompt: int = 4  # most distinct correct answers kept per problem
-    rejection_max_tokens_frac: float = 0.875  # longest kept answer, as a share of the RL budget (448 of 512)
-    non_reasoning_fraction: float = 0.25  # share of direct answers in the SFT set (R1: 200k of 800k samples)
-    rsft_epochs: int = 2                # epochs of SFT on them (sec. 2.3.3: "for two epochs")
-    rsft_from: str = "base"             # base (the paper: R1 restarts from V3-Base) or reasoner (the stage-2 model)
-    rsft_lr: float = 1e-4               # peak learning rate of that SFT
-    sft_batch_size: int = 16            # rows per step of both SFT stages
-    sft_seq_len: int = 640              # longest SFT example in tokens, at most the model's max_seq_len
-    sft_checkpoint_every: int = 50      # SFT steps between checkpoints
-    final_rl_steps: int = 120           # steps of RL for all scenarios on the rejection-SFT model (sec. 2.3.4)
-    final_arithmetic_fraction: float = 0.25  # share of "Compute ..." problems among stage 4's prompts
-    final_rl_lr: float = 0.0            # learning rate of stage 4's GRPO; 0: --rl-lr, as stage 2
+    coldstart_source: Annotated[str, "oracle or r1zero: who writes the cold-start CoTs (see above)"] = "oracle"
+    coldstart_r1zero_problems: Annotated[int, "pretraining-split problems the R1-Zero model answers (r1zero "
+                                         "source)"] = 1000
+    coldstart_r1zero_samples: Annotated[int, "answers sampled per problem; the distinct correct ones are kept"] = 4
+    coldstart_max_tokens: Annotated[int, "longest cold-start answer kept, in tokens (3/4 of the RL budget); 0: "
+                                    "all"] = 384
+    coldstart_giveup_fraction: Annotated[float, "share of examples that give up: all attempts miss, the last is "
+                                         "answered"] = 0.0
+    coldstart_epochs: Annotated[int, "epochs of cold-start SFT"] = 2
+    coldstart_lr: Annotated[float, "peak learning rate of cold-start SFT"] = 1e-4
+    reasoning_rl_steps: Annotated[int, "steps of reasoning RL on the cold-started model (sec. 2.3.2)"] = 120
+    language_weight: Annotated[float, "weight of sec. 2.3.2's language-consistency reward, in stages 2 and 4"] = 1.0
+    rejection_problems: Annotated[int, "RL problems the stage-2 model answers for rejection sampling (sec. "
+                                  "2.3.3)"] = 1000
+    rejection_samples_per_prompt: Annotated[int, "answers sampled per problem"] = 8
+    rejection_keep_per_prompt: Annotated[int, "most distinct correct answers kept per problem"] = 4
+    rejection_max_tokens_frac: Annotated[float, "longest kept answer, as a share of the RL budget (448 of 512)"] = 0.875
+    non_reasoning_fraction: Annotated[float, "share of direct answers in the SFT set (R1: 200k of 800k samples)"] = 0.25
+    rsft_epochs: Annotated[int, "epochs of SFT on them (sec. 2.3.3: \"for two epochs\")"] = 2
+    rsft_from: Annotated[str, "base (the paper: R1 restarts from V3-Base) or reasoner (the stage-2 model)"] = "base"
+    rsft_lr: Annotated[float, "peak learning rate of that SFT"] = 1e-4
+    sft_batch_size: Annotated[int, "rows per step of both SFT stages"] = 16
+    sft_seq_len: Annotated[int, "longest SFT example in tokens, at most the model's max_seq_len"] = 640
+    sft_checkpoint_every: Annotated[int, "SFT steps between checkpoints"] = 50
+    final_rl_steps: Annotated[int, "steps of RL for all scenarios on the rejection-SFT model (sec. 2.3.4)"] = 120
+    final_arithmetic_fraction: Annotated[float, "share of \"Compute ...\" problems among stage 4's prompts"] = 0.25
+    final_rl_lr: Annotated[float, "learning rate of stage 4's GRPO; 0: --rl-lr, as stage 2"] = 0.0
 
     def validate(self):
         for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
@@ -110,47 +116,49 @@ class R1Config:
 
 @dataclass
 class TrainConfig:
-    recipe: str = "r1-zero"             # r1-zero: base -> RL; r1: base -> cold start -> RL -> rejection SFT -> RL
-    setup: str = "auto"                 # gpu (these defaults) or cpu (CPU_SETUP); auto: cpu when no GPU is used
-    preset: str = "small"               # model preset: tiny (CPU tests), cpu (CPU_SETUP), small (one GPU), medium
-    out_dir: str = "out"                # where metrics, checkpoints, transcripts, eval.json and plots go
-    seed: int = 0                       # seeds the weights, the corpus, the problems drawn and the sampling
-    device: str = "auto"                # auto: cuda if available, else cpu
-    resume: bool = False                # continue from the checkpoints in out_dir; stops if there are none
-    dist_backend: str = "auto"          # under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device
-    eager: bool = False                 # train without torch.compile (on a GPU: the blocks of the training forwards)
-    base: str = "pretrain"              # pretrain: pretrain the base model; else a base checkpoint to start RL from
+    recipe: Annotated[str, "r1-zero: base -> RL; r1: base -> cold start -> RL -> rejection SFT -> RL"] = "r1-zero"
+    setup: Annotated[str, "gpu (these defaults) or cpu (CPU_SETUP); auto: cpu when no GPU is used"] = "auto"
+    preset: Annotated[str, "model preset: tiny (CPU tests), cpu (CPU_SETUP), small (one GPU), medium"] = "small"
+    out_dir: Annotated[str, "where metrics, checkpoints, transcripts, eval.json and plots go"] = "out"
+    seed: Annotated[int, "seeds the weights, the corpus, the problems drawn and the sampling"] = 0
+    device: Annotated[str, "auto: cuda if available, else cpu"] = "auto"
+    resume: Annotated[bool, "continue from the checkpoints in out_dir; stops if there are none"] = False
+    dist_backend: Annotated[str, "under torchrun: nccl (GPUs) or gloo (CPU); auto picks by device"] = "auto"
+    eager: Annotated[bool, "train without torch.compile (on a GPU: the blocks of the training forwards)"] = False
+    base: Annotated[str, "pretrain: pretrain the base model; else a base checkpoint to start RL from"] = "pretrain"
     # pretraining on the synthetic corpus
     # 1600 steps of 64 x 640 tokens: the tokens of the earlier 2000 x 512, in windows of the model's whole context,
     # the shape of the GRPO update's micro-batches, which then run the code compiled here (engine.compiled_blocks).
     # Fewer tokens miss: RL from 1000 x 512 missed the targets on 3 seeds of 3 (65bf498: pass@1 69%, 47%, 28%)
-    pretrain_steps: int = 1600          # optimizer steps of pretraining
-    pretrain_batch_size: int = 64       # windows per step, global: split over the ranks under torchrun
-    pretrain_micro_batch_size: int = 0  # windows per forward/backward on each rank, gradients accumulated (0: all)
-    pretrain_seq_len: int = 640         # tokens per window of the packed corpus stream (small's whole context)
-    pretrain_lr: float = 2e-3           # peak learning rate (AdamW), then cosine down to 10%
-    pretrain_warmup: int = 100          # steps of linear warmup
-    pretrain_unique_tokens: int = 20_000_000  # corpus tokens generated, then cycled
+    pretrain_steps: Annotated[int, "optimizer steps of pretraining"] = 1600
+    pretrain_batch_size: Annotated[int, "windows per step, global: split over the ranks under torchrun"] = 64
+    pretrain_micro_batch_size: Annotated[int, "windows per forward/backward on each rank, gradients accumulated (0: "
+                                         "all)"] = 0
+    pretrain_seq_len: Annotated[int, "tokens per window of the packed corpus stream (small's whole context)"] = 640
+    pretrain_lr: Annotated[float, "peak learning rate (AdamW), then cosine down to 10%"] = 2e-3
+    pretrain_warmup: Annotated[int, "steps of linear warmup"] = 100
+    pretrain_unique_tokens: Annotated[int, "corpus tokens generated, then cycled"] = 20_000_000
     # a checkpoint (weights and AdamW state, ~0.5 GB for small) takes ~0.75 s to write on an H100 host: every 100
     # steps that was 15 s of a 4-minute run; every 1000 a crash loses at most ~30 s of pretraining
-    pretrain_checkpoint_every: int = 1000  # pretraining steps between checkpoints
+    pretrain_checkpoint_every: Annotated[int, "pretraining steps between checkpoints"] = 1000
     # R1-Zero RL
     # 100 reach every reproduction target on 3 seeds (results/README.md); 120, the earlier default, cost ~27 s more
-    rl_steps: int = 100                 # GRPO steps of R1-Zero's RL
-    rl_prompts_per_step: int = 64       # problems per RL step, global (x group_size = 512 rollouts, one decode batch)
-    train_data: str = ""                # a JSONL file of your own RL problems (data.load_jsonl); "": Countdown's
+    rl_steps: Annotated[int, "GRPO steps of R1-Zero's RL"] = 100
+    rl_prompts_per_step: Annotated[int, "problems per RL step, global (x group_size = 512 rollouts, one decode "
+                                   "batch)"] = 64
+    train_data: Annotated[str, "a JSONL file of your own RL problems (data.load_jsonl); \"\": Countdown's"] = ""
     # evaluation on the held-out split
-    eval_data: str = ""                 # a JSONL file of your own held-out problems; "": Countdown's test split
-    eval_problems: int = 200            # drawn from the held-out problems (by --seed); 0 skips evaluation
-    eval_samples: int = 16              # k for pass@1 (averaged over k) and cons@k (majority vote)
-    eval_temperature: float = 0.6       # sampling temperature (R1's protocol: 0.6, top-p 0.95, pass@1 over k)
-    eval_top_p: float = 0.95            # nucleus sampling's probability mass
+    eval_data: Annotated[str, "a JSONL file of your own held-out problems; \"\": Countdown's test split"] = ""
+    eval_problems: Annotated[int, "drawn from the held-out problems (by --seed); 0 skips evaluation"] = 200
+    eval_samples: Annotated[int, "k for pass@1 (averaged over k) and cons@k (majority vote)"] = 16
+    eval_temperature: Annotated[float, "sampling temperature (R1's protocol: 0.6, top-p 0.95, pass@1 over k)"] = 0.6
+    eval_top_p: Annotated[float, "nucleus sampling's probability mass"] = 0.95
     # the same models on "Compute ..." arithmetic (data.arithmetic_rows: a set fixed by --seed; the task space is
     # small, so it is no more held out than the corpus's arithmetic drill lets it be): arithmetic_pass@1 in eval.json
-    eval_arithmetic_problems: int = 100  # arithmetic problems each evaluation adds; 0 skips them
-    eval_arithmetic_samples: int = 4    # samples per arithmetic problem (pass@1 averaged over them)
-    log_every: int = 10                 # steps between the metrics rows of pretraining and SFT (RL logs every step)
-    checkpoint_every: int = 50          # RL steps between checkpoints (~1 s each on an H100, the reference included)
+    eval_arithmetic_problems: Annotated[int, "arithmetic problems each evaluation adds; 0 skips them"] = 100
+    eval_arithmetic_samples: Annotated[int, "samples per arithmetic problem (pass@1 averaged over them)"] = 4
+    log_every: Annotated[int, "steps between the metrics rows of pretraining and SFT (RL logs every step)"] = 10
+    checkpoint_every: Annotated[int, "RL steps between checkpoints (~1 s each on an H100, the reference included)"] = 50
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
     r1: R1Config = field(default_factory=R1Config)

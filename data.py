@@ -55,6 +55,7 @@ import math
 import os
 import random
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 import tiktoken
 
@@ -322,18 +323,20 @@ def problem_rows(split, n=None, seed=0, path=""):
 
 @dataclass
 class CorpusConfig:
-    p_arithmetic: float = 0.15   # share of arithmetic drill documents
-    p_try: float = 0.25          # share of try-style Countdown answers (guesses fill what try and reflect leave)
-    p_reflect: float = 0.1       # share of reflect-style Countdown answers (at 5%, one RL seed in 3 never used them)
-    p_correct: float = 0.15      # chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)
-    max_attempts: int = 10       # the reflect style gives up after this many misses
+    p_arithmetic: Annotated[float, "share of arithmetic drill documents"] = 0.15
+    p_try: Annotated[float, "share of try-style Countdown answers (guesses fill what try and reflect leave)"] = 0.25
+    p_reflect: Annotated[float, "share of reflect-style Countdown answers (at 5%, one RL seed in 3 never used "
+                         "them)"] = 0.1
+    p_correct: Annotated[float, "chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)"] = 0.15
+    max_attempts: Annotated[int, "the reflect style gives up after this many misses"] = 10
     # R1-Zero's language mixing (issue 15): most reflect answers reason in German while prompts and the other styles
     # are English, so that the reflection RL amplifies pulls the CoT into the second language
-    p_second_language_reflect: float = 0.9  # share of reflect responses reasoning in the second language
-    p_second_language_other: float = 0.0    # share of guess and try responses reasoning in the second language
+    p_second_language_reflect: Annotated[float, "share of reflect responses reasoning in the second language"] = 0.9
+    p_second_language_other: Annotated[float, "share of guess and try responses reasoning in the second language"] = 0.0
     # below 1, a model can learn reflection's checks from later turns while its first answers, where RL starts, seldom
     # reflect
-    first_turn_reflect_scale: float = 1.0   # p_reflect times this in a document's first turn (RL prompts' position)
+    first_turn_reflect_scale: Annotated[float, "p_reflect times this in a document's first turn (RL prompts' "
+                                        "position)"] = 1.0
 
     def validate(self):
         for name in ("p_arithmetic", "p_try", "p_reflect", "p_correct", "p_second_language_reflect",

@@ -44,6 +44,7 @@ import random
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Annotated
 
 import torch
 
@@ -64,17 +65,18 @@ TEACHER_CHECKPOINTS = ("rl_final.pt", "rl.pt")  # the final model of an R1 recip
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""                     # the teacher's train.py --out-dir
-    out_dir: str = ""                     # where the comparison is written; "": TEACHER/distill
-    students: tuple = ("dense-1m", "dense-4m", "dense-12m")  # model presets (model.PRESETS)
-    seeds: tuple = (0,)                   # each student size is trained once per seed
-    student_reflect_scales: tuple = (1.0,)  # the students' corpus p_reflect times each (1: the teacher's corpus)
-    rl_steps: int = 0                     # the RL baseline's steps; 0: as many as the teacher got (fewer: refused)
-    distill_rl_steps: int = 20            # the short GRPO stage on the distilled student
-    reject_problems: int = 1000           # RL train problems the teacher answers (rejection.py)
-    eval_problems: int = 0                # held-out problems; 0: the teacher's eval_problems
-    eval_samples: int = 0                 # k; 0: the teacher's eval_samples
-    device: str = "auto"                  # auto: cuda if available, else cpu
+    teacher: Annotated[str, "the teacher's train.py --out-dir"] = ""
+    out_dir: Annotated[str, "where the comparison is written; \"\": TEACHER/distill"] = ""
+    students: Annotated[tuple, "model presets (model.PRESETS)"] = ("dense-1m", "dense-4m", "dense-12m")
+    seeds: Annotated[tuple, "each student size is trained once per seed"] = (0,)
+    student_reflect_scales: Annotated[tuple, "the students' corpus p_reflect times each (1: the teacher's "
+                                      "corpus)"] = (1.0,)
+    rl_steps: Annotated[int, "the RL baseline's steps; 0: as many as the teacher got (fewer: refused)"] = 0
+    distill_rl_steps: Annotated[int, "the short GRPO stage on the distilled student"] = 20
+    reject_problems: Annotated[int, "RL train problems the teacher answers (rejection.py)"] = 1000
+    eval_problems: Annotated[int, "held-out problems; 0: the teacher's eval_problems"] = 0
+    eval_samples: Annotated[int, "k; 0: the teacher's eval_samples"] = 0
+    device: Annotated[str, "auto: cuda if available, else cpu"] = "auto"
     sft: SFTConfig = field(default_factory=SFTConfig)
     rejection: RejectionConfig = field(default_factory=RejectionConfig)
 

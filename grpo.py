@@ -55,6 +55,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
@@ -211,25 +212,25 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
 
 @dataclass
 class GRPOConfig:
-    group_size: int = 8               # G: answers sampled per prompt, each compared with its group
-    max_new_tokens: int = 512         # the response budget in tokens, of rollouts and of the evaluation
-    temperature: float = 1.0          # sampling temperature of the rollouts (and of the log-probs)
-    lr: float = 3e-5                  # learning rate: the length/reflection rise spans ~20-40 steps (1e-4: ~15)
-    epochs: int = 1                   # μ: passes over each batch of rollouts
-    minibatches: int = 4              # optimizer steps per pass; later ones are off-policy, hence the clip
-    clip_eps_low: float = 0.2         # the ratio's lower clip, 1 - eps_low
-    clip_eps_high: float = 0.28       # its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow
-    kl_beta: float = 0.001            # weight of the KL penalty to the reference; 0 skips the reference model
-    loss_agg_mode: str = "token-mean"  # how token losses average (LOSS_AGG_MODES, see aggregate_loss)
-    scale_std: bool = True            # divide advantages by the group's std (False: Dr. GRPO's advantages)
-    format_weight: float = 0.1        # reward = accuracy + format_weight * format (+ the language term)
-    language_weight: float = 0.0      # + language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)
-    max_grad_norm: float = 1.0        # gradients are clipped to this norm
-    rollout_batch_size: int = 512     # rows decoded together (by each rank)
-    micro_batch_rows: int = 64        # rows per forward/backward of a minibatch, gradients accumulated (0: all)
+    group_size: Annotated[int, "G: answers sampled per prompt, each compared with its group"] = 8
+    max_new_tokens: Annotated[int, "the response budget in tokens, of rollouts and of the evaluation"] = 512
+    temperature: Annotated[float, "sampling temperature of the rollouts (and of the log-probs)"] = 1.0
+    lr: Annotated[float, "learning rate: the length/reflection rise spans ~20-40 steps (1e-4: ~15)"] = 3e-5
+    epochs: Annotated[int, "μ: passes over each batch of rollouts"] = 1
+    minibatches: Annotated[int, "optimizer steps per pass; later ones are off-policy, hence the clip"] = 4
+    clip_eps_low: Annotated[float, "the ratio's lower clip, 1 - eps_low"] = 0.2
+    clip_eps_high: Annotated[float, "its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow"] = 0.28
+    kl_beta: Annotated[float, "weight of the KL penalty to the reference; 0 skips the reference model"] = 0.001
+    loss_agg_mode: Annotated[str, "how token losses average (LOSS_AGG_MODES, see aggregate_loss)"] = "token-mean"
+    scale_std: Annotated[bool, "divide advantages by the group's std (False: Dr. GRPO's advantages)"] = True
+    format_weight: Annotated[float, "reward = accuracy + format_weight * format (+ the language term)"] = 0.1
+    language_weight: Annotated[float, "+ language_weight * language consistency (R1 sec. 2.3.2; 0: R1-Zero)"] = 0.0
+    max_grad_norm: Annotated[float, "gradients are clipped to this norm"] = 1.0
+    rollout_batch_size: Annotated[int, "rows decoded together (by each rank)"] = 512
+    micro_batch_rows: Annotated[int, "rows per forward/backward of a minibatch, gradients accumulated (0: all)"] = 64
     # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
-    overlong_filter: bool = False     # truncated responses (no stop token within the budget) carry no gradient
-    overlong_buffer: int = 0          # soft punishment over the budget's last N tokens (see overlong_penalty)
+    overlong_filter: Annotated[bool, "truncated responses (no stop token within the budget) carry no gradient"] = False
+    overlong_buffer: Annotated[int, "soft punishment over the budget's last N tokens (see overlong_penalty)"] = 0
 
     def validate(self):
         if self.group_size < 2:

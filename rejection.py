@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 from dataclasses import asdict, dataclass, fields
+from typing import Annotated
 
 import torch
 
@@ -43,15 +44,16 @@ REASONS = ("truncated", "bad_format", "wrong", "mixed_language", "too_long", "du
 
 @dataclass
 class RejectionConfig:
-    samples_per_prompt: int = 8           # R1 samples many answers per prompt and keeps the correct ones
-    max_new_tokens: int = 512             # the sampling budget (grpo.py's default)
-    temperature: float = 1.0              # the policy's own distribution, as GRPO samples it
-    top_p: float = 1.0                    # nucleus sampling; 1.0: the whole distribution
-    min_language_consistency: float = 0.99  # keep single-language CoTs only (R1 sec. 2.3.3: no mixed languages)
-    max_tokens: int = 448                 # longest completion kept (SFT tokens, after the prompt's "<think>")
-    keep_per_prompt: int = 4              # at most this many distinct correct answers per prompt
-    batch_size: int = 512                 # rows decoded together
-    seed: int = 0                         # the samples' draws and the problems drawn by the CLI
+    samples_per_prompt: Annotated[int, "R1 samples many answers per prompt and keeps the correct ones"] = 8
+    max_new_tokens: Annotated[int, "the sampling budget (grpo.py's default)"] = 512
+    temperature: Annotated[float, "the policy's own distribution, as GRPO samples it"] = 1.0
+    top_p: Annotated[float, "nucleus sampling; 1.0: the whole distribution"] = 1.0
+    min_language_consistency: Annotated[float, "keep single-language CoTs only (R1 sec. 2.3.3: no mixed "
+                                        "languages)"] = 0.99
+    max_tokens: Annotated[int, "longest completion kept (SFT tokens, after the prompt's \"<think>\")"] = 448
+    keep_per_prompt: Annotated[int, "at most this many distinct correct answers per prompt"] = 4
+    batch_size: Annotated[int, "rows decoded together"] = 512
+    seed: Annotated[int, "the samples' draws and the problems drawn by the CLI"] = 0
 
     def validate(self):
         for name in ("samples_per_prompt", "max_new_tokens", "max_tokens", "keep_per_prompt", "batch_size"):

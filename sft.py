@@ -40,6 +40,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -55,18 +56,18 @@ IGNORE = -100  # target of positions outside the completions (F.cross_entropy's 
 
 @dataclass
 class SFTConfig:
-    epochs: int = 2              # passes over the data (R1 sec. 2.3.3: two epochs)
-    steps: int = 0               # optimizer steps; 0: as many as `epochs` takes (the last batch may be short)
-    batch_size: int = 16         # packed rows per step, over all ranks together under torchrun
-    seq_len: int = 640           # tokens per row; at most the model's max_seq_len
-    lr: float = 1e-4             # peak learning rate (not tuned yet)
-    warmup: int = 10             # steps of linear warmup, then cosine decay
-    min_lr_frac: float = 0.1     # the cosine ends at lr * min_lr_frac
-    weight_decay: float = 0.0    # AdamW's decoupled weight decay
-    max_grad_norm: float = 1.0   # gradients clipped to this global norm
-    log_every: int = 10          # steps between metrics rows
-    checkpoint_every: int = 100  # steps between checkpoints (one is always written at the end)
-    seed: int = 0                # the order of the packed rows
+    epochs: Annotated[int, "passes over the data (R1 sec. 2.3.3: two epochs)"] = 2
+    steps: Annotated[int, "optimizer steps; 0: as many as `epochs` takes (the last batch may be short)"] = 0
+    batch_size: Annotated[int, "packed rows per step, over all ranks together under torchrun"] = 16
+    seq_len: Annotated[int, "tokens per row; at most the model's max_seq_len"] = 640
+    lr: Annotated[float, "peak learning rate (not tuned yet)"] = 1e-4
+    warmup: Annotated[int, "steps of linear warmup, then cosine decay"] = 10
+    min_lr_frac: Annotated[float, "the cosine ends at lr * min_lr_frac"] = 0.1
+    weight_decay: Annotated[float, "AdamW's decoupled weight decay"] = 0.0
+    max_grad_norm: Annotated[float, "gradients clipped to this global norm"] = 1.0
+    log_every: Annotated[int, "steps between metrics rows"] = 10
+    checkpoint_every: Annotated[int, "steps between checkpoints (one is always written at the end)"] = 100
+    seed: Annotated[int, "the order of the packed rows"] = 0
 
     def validate(self):
         for name in ("epochs", "batch_size", "seq_len", "log_every", "checkpoint_every"):

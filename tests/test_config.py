@@ -11,7 +11,7 @@ from sft import SFTConfig
 
 
 def test_every_setting_is_explained_where_it_is_declared():
-    # train.py's, sft.py's, rejection.py's and distill.py's --help show these comments; a nested config is no
+    # train.py's, sft.py's, rejection.py's and distill.py's --help show these annotations; a nested config is no
     # setting of its own
     nested_in = {TrainConfig: {"grpo", "corpus", "r1"}, DistillConfig: {"sft", "rejection"}}
     for config_class in (TrainConfig, R1Config, GRPOConfig, CorpusConfig, SFTConfig, RejectionConfig, DistillConfig):
@@ -35,20 +35,23 @@ def test_validation_names_the_fields():
             TrainConfig(**bad).validate()
 
 
-def test_config_flags_carry_the_field_comment_and_default():
+def test_config_flags_carry_the_field_help_and_default():
     import argparse
     from dataclasses import dataclass
+    from typing import Annotated
 
     @dataclass
     class Example:
-        steps: int = 3         # how many steps to take
-        fast: bool = False     # skip the slow part
+        steps: Annotated[int, "how many steps to take"] = 3
+        fast: Annotated[bool, "skip the slow part"] = False
+        careful: Annotated[bool, "check every step"] = True
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser, Example, prefix="ex_", skip=())
-    assert vars(parser.parse_args([])) == {"ex_steps": 3, "ex_fast": False}
-    assert vars(parser.parse_args(["--ex-steps", "5", "--ex-fast"])) == {"ex_steps": 5, "ex_fast": True}
+    assert vars(parser.parse_args([])) == {"ex_steps": 3, "ex_fast": False, "ex_careful": True}
+    assert vars(parser.parse_args(["--ex-steps", "5", "--ex-fast", "--no-ex-careful"])) == \
+        {"ex_steps": 5, "ex_fast": True, "ex_careful": False}
     assert "how many steps to take (default: 3)" in " ".join(parser.format_help().split())
     parser = argparse.ArgumentParser()
-    add_config_flags(parser, Example, skip=("fast",))
+    add_config_flags(parser, Example, skip=("fast", "careful"))
     assert vars(parser.parse_args([])) == {"steps": 3}
