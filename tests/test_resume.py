@@ -1,0 +1,370 @@
+"""
+Fault injection: a run killed with SIGKILL at chosen moments and resumed with --resume each time ends as the same
+run uninterrupted, in every stage: R1-Zero (train.py), the R1 recipe (train.py --recipe r1), sft.py and
+distill.py, at tiny sizes on the CPU.
+
+The moments: each stage's first logged row (before the stage's first checkpoint), a random point, and between a
+checkpoint's write and the next row. The test kills the real scripts from outside: it polls metrics.jsonl and the
+checkpoint files, stops the process group (SIGSTOP) when the moment comes, checks that the process is where it
+should be, and kills it (SIGKILL). A checkpoint is followed by its next row within one step, so that moment is
+retried at the next checkpoint when the poll sees it late. The one moment polling cannot catch, R1's rejection
+row logged and its file not yet written (microseconds apart), is made by the R1 driver at the bottom of this file.
+
+What "the same run" means: every (stage, step) row exactly once in metrics.jsonl, the same rows in the same order
+as the uninterrupted run's, bit for bit, except their wall-clock fields (TIMING) and the config rows (one per start
+of a process, naming its command); aha.jsonl the same; and the final checkpoints' weights equal, bit for bit.
+The evaluations (eval.json) are not compared: they sample from the process's global RNG at the moment they run,
+which a resumed process reaches by another path; these runs skip them (--eval-problems 0) where they can.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+TIMING = {"elapsed_s", "tokens_per_s", "rollout_s", "train_s", "rollout_tokens_per_s"}
+TIMEOUT = 120  # seconds for any one process
+
+# R1-Zero at tiny sizes: 20 pretraining steps (a checkpoint every 8), 6 RL steps (a checkpoint every 2)
+R1_ZERO = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "20", "--pretrain-batch-size", "8",
+           "--pretrain-seq-len", "64", "--pretrain-unique-tokens", "20000", "--pretrain-warmup", "2",
+           "--pretrain-checkpoint-every", "8", "--log-every", "1", "--rl-steps", "6", "--rl-prompts-per-step", "2",
+           "--rl-group-size", "2", "--rl-max-new-tokens", "16", "--rl-minibatches", "2", "--checkpoint-every", "2",
+           "--eval-problems", "0"]
+# the R1 recipe on R1-Zero's base model: a few steps of each stage
+R1 = R1_ZERO + ["--recipe", "r1", "--r1-coldstart-examples", "6", "--r1-sft-batch-size", "1",
+                "--r1-sft-seq-len", "256", "--r1-sft-checkpoint-every", "2", "--r1-coldstart-epochs", "1",
+                "--r1-reasoning-rl-steps", "4", "--r1-final-rl-steps", "4", "--r1-rejection-problems", "4",
+                "--r1-rejection-samples-per-prompt", "2", "--r1-rejection-keep-per-prompt", "1"]
+
+
+# -----------------------------------------------------------------------------
+# Watching and killing a run
+
+
+def rows_of(path):
+    """The complete JSON lines of a file being written (a line without its newline is still being written)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def file_id(path):
+    """What changes when a checkpoint is written (atomically: a new file replaces the old)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+class Run:
+    """A script run as a child process in its own process group, with its output in a log file."""
+
+    def __init__(self, command, out_dir, log_name):
+        self.out_dir, self.metrics = out_dir, os.path.join(out_dir, "metrics.jsonl")
+        self.log_path = os.path.join(os.path.dirname(out_dir), log_name)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=ENV, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.deadline = time.time() + TIMEOUT
+
+    def output(self):
+        self.log.flush()
+        return open(self.log_path).read()[-3000:]
+
+    def alive(self):
+        assert time.time() < self.deadline, f"timed out:\n{self.output()}"
+        return self.proc.poll() is None
+
+    def wait(self):
+        """Wait for the end of a run that must succeed."""
+        try:
+            self.proc.wait(timeout=max(1, self.deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            raise AssertionError(f"timed out:\n{self.output()}") from None
+        assert self.proc.returncode == 0, self.output()
+
+    def signal(self, sig):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self):
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        assert self.proc.returncode == -signal.SIGKILL, f"it ended before the kill:\n{self.output()}"
+
+    def poll_until(self, moment):
+        """Poll until moment() holds, then stop the process group (nothing moves while it is checked)."""
+        while not moment():
+            assert self.alive(), f"it ended before the moment came:\n{self.output()}"
+            time.sleep(0.001)
+        self.signal(signal.SIGSTOP)
+
+    def kill_at_row(self, stage, step, before=None):
+        """Kill once `stage`'s row of `step` is logged, and before the checkpoint file `before` exists."""
+        def logged():
+            return any(r.get("stage") == stage and r.get("step") == step for r in rows_of(self.metrics))
+        self.poll_until(logged)
+        if before is not None:
+            assert not os.path.exists(os.path.join(self.out_dir, before)), f"{before} was written already"
+        self.kill()
+        return f"{stage} step {step}'s row"
+
+    def kill_after_checkpoint(self, stage, name):
+        """Kill between a write of checkpoint `name` (a mid-stage checkpoint of `stage`, with a "step") and the
+        next row of `stage`; a moment seen too late (the next row logged) is tried again at the next write."""
+        path, seen = os.path.join(self.out_dir, name), file_id(os.path.join(self.out_dir, name))
+        while True:
+            self.poll_until(lambda: file_id(path) not in (seen, None))
+            seen = file_id(path)
+            step = torch.load(path, weights_only=True)["step"]
+            logged = [r["step"] for r in rows_of(self.metrics) if r.get("stage") == stage and "step" in r]
+            if logged and logged[-1] == step - 1:
+                self.kill()
+                return f"{name} at step {step}, before the next {stage} row"
+            self.signal(signal.SIGCONT)
+
+    def kill_at_random(self, rng, longest):
+        """Kill at a random moment in the `longest` seconds after the process's first row (if it still runs)."""
+        start = len(rows_of(self.metrics))
+        self.poll_until(lambda: len(rows_of(self.metrics)) > start)
+        self.signal(signal.SIGCONT)
+        delay = rng.uniform(0, longest)
+        time.sleep(delay)
+        if not self.alive():
+            self.wait()
+            return f"nothing: it ended within {delay:.2f} s of its first row"
+        self.kill()
+        return f"{delay:.2f} s after the first row"
+
+    def dies_in_driver(self):
+        """The R1 driver's own death: after the rejection row, before rejection.jsonl."""
+        self.proc.wait(timeout=max(1, self.deadline - time.time()))
+        assert self.proc.returncode == -signal.SIGKILL, self.output()
+        assert any(r.get("stage") == "rejection" for r in rows_of(self.metrics))
+        assert not os.path.exists(os.path.join(self.out_dir, "rejection.jsonl"))
+        return "the rejection row, before rejection.jsonl"
+
+
+def run_with_kills(command, out_dir, resume_flag, kills, finish=None):
+    """Run `command` into out_dir, killed at each of `kills` (functions of a Run that kill it and say where) and
+    resumed with `resume_flag` after each, then run to its end. finish(i) may give the i-th process's command
+    instead (R1's driver). Returns what each kill hit."""
+    hits = []
+    for i, kill in enumerate(kills + [None]):
+        args = command if i == 0 else command + [resume_flag]
+        run = Run(finish(i, args) if finish else args, out_dir, f"{os.path.basename(out_dir)}_{i}.log")
+        if kill is None:
+            run.wait()
+        else:
+            hits.append(kill(run))
+    return hits
+
+
+# -----------------------------------------------------------------------------
+# Comparing a killed and resumed run with the uninterrupted one
+
+
+def stage_rows(path):
+    """The rows that steps and stages write, without their wall-clock fields: all but the config rows."""
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows_of(path) if row.get("stage") != "config"]
+
+
+def assert_same_run(killed, reference, checkpoints):
+    rows, expected = stage_rows(os.path.join(killed, "metrics.jsonl")), stage_rows(os.path.join(reference, "metrics.jsonl"))
+    keys = [(row["stage"], row.get("step")) for row in rows]
+    repeated = sorted({key for key in keys if keys.count(key) > 1}, key=str)
+    assert not repeated, f"rows logged more than once: {repeated}"
+    missing = [key for key in ((r["stage"], r.get("step")) for r in expected) if key not in keys]
+    assert not missing, f"rows missing: {missing}"
+    for got, want in zip(rows, expected):
+        assert got == want, f"{got['stage']} step {got.get('step')} differs from the uninterrupted run's"
+    assert len(rows) == len(expected)
+    aha, expected_aha = rows_of(os.path.join(killed, "aha.jsonl")), rows_of(os.path.join(reference, "aha.jsonl"))
+    assert len({json.dumps(row, sort_keys=True) for row in aha}) == len(aha), "aha.jsonl has a duplicate"
+    assert aha == expected_aha
+    for name in checkpoints:
+        got = torch.load(os.path.join(killed, name), weights_only=True)["model"]
+        want = torch.load(os.path.join(reference, name), weights_only=True)["model"]
+        assert got.keys() == want.keys()
+        differ = [key for key in want if not torch.equal(got[key], want[key])]
+        assert not differ, f"{name}: weights differ from the uninterrupted run's ({differ[:3]} ...)"
+
+
+# -----------------------------------------------------------------------------
+# The pipelines
+
+
+@pytest.fixture(scope="module")
+def r1_zero_reference(tmp_path_factory):
+    """R1-Zero uninterrupted: the reference of the R1-Zero test, and the base model and teacher of the others.
+    It runs beside the R1-Zero test's killed runs; reference() waits for it and returns its --out-dir."""
+    out = str(tmp_path_factory.mktemp("r1_zero") / "reference")
+    run, done = Run(["train.py", *R1_ZERO, "--out-dir", out], out, "reference.log"), []
+
+    def reference():
+        if not done:
+            run.wait()
+            done.append(True)
+        return out
+    return reference
+
+
+def test_r1_zero_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_path):
+    """Killed before its first checkpoint, a train.py run has nothing to resume (--resume says so:
+    test_train.test_resume_with_nothing_to_resume_stops) and starts afresh; pretrain_base's restart from nothing
+    is distill.py's (below)."""
+    out, rng = str(tmp_path / "killed"), random.Random(1)
+    hits = run_with_kills(["train.py", *R1_ZERO, "--out-dir", out], out, "--resume", [
+        lambda run: run.kill_after_checkpoint("pretrain", "pretrain.pt"),
+        lambda run: run.kill_at_row("rl", 0, before="rl.pt"),  # RL restarts from base.pt
+        lambda run: run.kill_at_random(rng, 0.3),
+        lambda run: run.kill_after_checkpoint("rl", "rl.pt"),
+    ])
+    print("killed at:", hits)
+    assert_same_run(out, r1_zero_reference(), ["base.pt", "rl.pt"])
+
+
+def r1_driver(i, args, die_at_rejection=None):
+    return [os.path.join("tests", "test_resume.py"), *(["--die-after-rejection-row"] if i == die_at_rejection
+                                                        else []), *args]
+
+
+def test_r1_recipe_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference, tmp_path):
+    """Both runs start from R1-Zero's base model (--resume from base.pt), through the driver below."""
+    rng = random.Random(2)
+    outs = {name: str(tmp_path / name) for name in ("reference", "killed")}
+    for out in outs.values():
+        os.makedirs(out)
+        shutil.copy(os.path.join(r1_zero_reference(), "base.pt"), out)
+    reference = Run(r1_driver(0, ["--resume", *R1, "--out-dir", outs["reference"]]), outs["reference"], "ref.log")
+    command = [*R1, "--out-dir", outs["killed"], "--resume"]
+    hits = run_with_kills(command, outs["killed"], "--resume", [
+        lambda run: run.kill_at_row("coldstart", 0, before="coldstart.pt"),  # restarts from base.pt
+        lambda run: run.kill_after_checkpoint("coldstart", "coldstart.pt"),
+        lambda run: run.kill_at_row("rl_reasoning", 0, before="rl_reasoning.pt"),
+        lambda run: run.dies_in_driver(),
+        lambda run: run.kill_at_row("rsft", 0, before="rsft.pt"),
+        lambda run: run.kill_at_row("rl_final", 0, before="rl_final.pt"),
+        lambda run: run.kill_at_random(rng, 0.5),
+    ], finish=lambda i, args: r1_driver(i, args, die_at_rejection=3))
+    print("killed at:", hits)
+    reference.wait()
+    assert_same_run(outs["killed"], outs["reference"], ["coldstart.pt", "rl_reasoning.pt", "rsft.pt", "rl_final.pt"])
+
+
+def countdown_examples(n, seed):
+    """{"question", "completion"} lines as sft.py reads them: correct answers written by the corpus writer."""
+    sys.path.insert(0, ROOT)
+    import data
+    rng, lines = random.Random(seed), []
+    problems = data.countdown_problems("pretrain")
+    while len(lines) < n:
+        numbers, target = rng.choice(problems)
+        row = data.countdown_row(numbers, target, rng)
+        expr = next(e for e in data.clean_expressions(tuple(sorted(row["numbers"]))) if e.value == row["target"])
+        lines.append({"question": row["question"],
+                      "completion": f"<think> Try {expr.text}. </think> <answer> {expr.text} </answer>"})
+    return lines
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def test_sft_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_path):
+    rng, data_path = random.Random(3), str(tmp_path / "sft.jsonl")
+    write_jsonl(data_path, countdown_examples(16, seed=0))
+    command = {name: ["sft.py", "--init", os.path.join(r1_zero_reference(), "base.pt"), "--data", data_path,
+                      "--device", "cpu", "--batch-size", "1", "--seq-len", "160", "--epochs", "1", "--warmup", "2",
+                      "--log-every", "1", "--checkpoint-every", "3", "--out-dir", str(tmp_path / name)]
+               for name in ("reference", "killed")}
+    reference = Run(command["reference"], str(tmp_path / "reference"), "ref.log")
+    hits = run_with_kills(command["killed"], str(tmp_path / "killed"), "--resume", [
+        lambda run: run.kill_at_row("sft", 0, before="sft.pt"),  # restarts from --init
+        lambda run: run.kill_after_checkpoint("sft", "sft.pt"),
+        lambda run: run.kill_at_random(rng, 0.2),
+    ])
+    print("killed at:", hits)
+    reference.wait()
+    assert_same_run(str(tmp_path / "killed"), str(tmp_path / "reference"), ["sft.pt"])
+
+
+def test_distill_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference, tmp_path):
+    """R1-Zero's run is the teacher; its samples (teacher.jsonl) are given, as a tiny teacher solves nothing."""
+    rng = random.Random(4)
+    outs = {name: str(tmp_path / name) for name in ("reference", "killed")}
+    for out in outs.values():
+        os.makedirs(out)
+        examples = countdown_examples(10, seed=1)
+        write_jsonl(os.path.join(out, "teacher.jsonl"), examples)
+        json.dump({"kept": len(examples)}, open(os.path.join(out, "rejection.json"), "w"))
+    command = {name: ["distill.py", "--teacher", r1_zero_reference(), "--out-dir", out, "--students", "tiny",
+                      "--device", "cpu", "--distill-rl-steps", "4", "--eval-problems", "1", "--eval-samples", "2",
+                      "--sft-batch-size", "1", "--sft-seq-len", "160", "--sft-epochs", "1", "--sft-warmup", "1",
+                      "--sft-log-every", "1", "--sft-checkpoint-every", "2"]
+               for name, out in outs.items()}
+    reference = Run(command["reference"], outs["reference"], "ref.log")
+    student = os.path.join(outs["killed"], "students", "tiny", "seed0")
+    os.makedirs(student)
+    hits = run_with_kills(command["killed"], student, "--resume", [
+        lambda run: run.kill_at_row("pretrain", 0, before="pretrain.pt"),
+        lambda run: run.kill_after_checkpoint("pretrain", "pretrain.pt"),
+        lambda run: run.kill_at_row("rl", 0, before="rl.pt"),
+        lambda run: run.kill_at_row("sft", 0, before="distilled_sft.pt"),
+        lambda run: run.kill_after_checkpoint("sft", "distilled_sft.pt"),
+        lambda run: run.kill_at_row("distilled_rl", 0, before="distilled_rl.pt"),
+    ], finish=lambda i, args: [a for a in args if a != "--resume"])  # distill.py always resumes
+    print("killed at:", hits)
+    reference.wait()
+    students = [os.path.join(out, "students", "tiny", "seed0") for out in (outs["killed"], outs["reference"])]
+    assert_same_run(*students, ["base.pt", "rl.pt", "distilled.pt", "distilled_rl.pt"])
+
+
+# -----------------------------------------------------------------------------
+# The R1 driver: train.py --recipe r1 with rejection sampling stubbed (a tiny model's answers are never kept)
+
+
+def correct_samples(model, rows, cfg, decoder=None):
+    """Stands in for rejection.rejection_sample: one correct answer per problem, written by the corpus writer."""
+    import data
+    examples = []
+    for row in rows:
+        expr = next(e for e in data.clean_expressions(tuple(sorted(row["numbers"]))) if e.value == row["target"])
+        examples.append({"question": row["question"],
+                         "completion": f"<think> Try {expr.text}. </think> <answer> {expr.text} </answer>"})
+    return examples, {"kept": len(examples)}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    import r1
+    import train
+    r1.rejection_sample = correct_samples
+    argv = sys.argv[1:]
+    if argv[0] == "--die-after-rejection-row":  # killed once the rejection row is logged, before its file is written
+        argv, replace = argv[1:], os.replace
+
+        def replace_or_die(src, dst):
+            if dst.endswith("rejection.jsonl"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            replace(src, dst)
+        os.replace = replace_or_die
+    train.main(train.parse_args(argv))
