@@ -70,15 +70,24 @@ def compile_warm_up(train_model, model, rows, seq_len, autocast, device):
         gate.load.zero_()
 
 
-def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None):
+def batch_generator(cfg: TrainConfig, start_step=0, state=None):
+    """The generator each step draws its windows' start offsets from. `state`, a checkpoint's, continues the draws
+    where that run stopped; without one, a run that starts at start_step draws a stream of its own."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
+    return gen if state is None else gen.set_state(state)
+
+
+def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None, batches=None):
     """Next-token prediction over the packed stream; `save(step, opt)` checkpoints every
-    cfg.pretrain_checkpoint_every steps. On a GPU the blocks are compiled while it runs (compiled_blocks)."""
+    cfg.pretrain_checkpoint_every steps. `batches` is the batch_generator to draw from (the caller saves its
+    state). On a GPU the blocks are compiled while it runs (compiled_blocks)."""
     compiled = device.type == "cuda" and not cfg.eager
+    batches = batch_generator(cfg, start_step) if batches is None else batches
     with compiled_blocks(model) if compiled else contextlib.nullcontext():
-        pretrain_loop(model, cfg, device, log, save, start_step, opt_state, compiled)
+        pretrain_loop(model, cfg, device, log, save, start_step, opt_state, compiled, batches)
 
 
-def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_state, compiled):
+def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_state, compiled, gen):
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     window = torch.arange(T + 1, device=device)
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
@@ -100,7 +109,6 @@ def pretrain_loop(model, cfg: TrainConfig, device, log, save, start_step, opt_st
     # the whole stream on the device (160 MB for 20M tokens): a step's windows are gathered there from their start
     # offsets, 64 numbers to copy, not 64 windows stacked on the host and copied over
     n_starts, stream = len(stream) - T - 1, stream.to(device)
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
     model.train()
     t0, tokens_seen = time.time(), 0
     # a non-finite loss is caught at the next log or checkpoint, not at every step: testing it there would wait for
@@ -158,27 +166,29 @@ def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
     main_rank = distributed.is_main()
     say = print if main_rank else (lambda *args: None)
     if first_row is not None:
-        log({**first_row, "resumed": cfg.resume})  # a row without a step: drop_rows_from below keeps it
+        log({**first_row, "resumed": cfg.resume})  # a config row: drop_rows_from below keeps it
     if cfg.resume and os.path.exists(paths["base.pt"]):
         say(f"resumed the finished base model from {paths['base.pt']}")
         return load_checkpoint(paths["base.pt"], device)["model"]
-    start, opt_state = 0, None
+    start, opt_state, batch_rng = 0, None, None
     if cfg.resume and os.path.exists(paths["pretrain.pt"]):
         ckpt = load_checkpoint(paths["pretrain.pt"], device)
-        model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+        model, start, opt_state, batch_rng = ckpt["model"], ckpt["step"], ckpt["opt"], ckpt.get("batch_rng")
         say(f"resumed pretraining at step {start}")
-        if main_rank:
-            drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
     else:
         model = Transformer(make_config(cfg.preset)).to(device)
+    if main_rank:  # the steps from `start` on are redone (all of them without pretrain.pt)
+        drop_rows_from([paths["metrics.jsonl"]], start, ["pretrain"])
+    batches = batch_generator(cfg, start, batch_rng)
     say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
         f"active per token, on {device}")
 
     def save(step, opt):
         if main_rank:
-            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict(),
+                            batch_rng=batches.get_state())
 
-    pretrain(model, cfg, device, log, save, start, opt_state)
+    pretrain(model, cfg, device, log, save, start, opt_state, batches)
     if main_rank:
         save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
     return model
