@@ -13,8 +13,10 @@ row logged and its file not yet written (microseconds apart), is made by the R1 
 What "the same run" means: every (stage, step) row exactly once in metrics.jsonl, the same rows in the same order
 as the uninterrupted run's, bit for bit, except their wall-clock fields (TIMING) and the config rows (one per start
 of a process, naming its command); aha.jsonl the same; and the final checkpoints' weights equal, bit for bit.
-The evaluations (eval.json) are not compared: they sample from the process's global RNG at the moment they run,
-which a resumed process reaches by another path; these runs skip them (--eval-problems 0) where they can.
+R1-Zero's evaluations (eval.json) are compared too. The other pipelines' are not: they sample from the global RNG
+where the process has brought it, and a resumed process gets there by another path (loading a checkpoint builds a
+model, whose initialisation draws from it; a finished stage's evaluation is not redone). Their training does not
+depend on it: an RL stage seeds its sampling as it starts.
 """
 
 import json
@@ -29,19 +31,23 @@ import time
 import pytest
 import torch
 
+import data
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one thread (the machine's cores are shared), and the same string hashes in every process (set orders)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 TIMING = {"elapsed_s", "tokens_per_s", "rollout_s", "train_s", "rollout_tokens_per_s"}
 TIMEOUT = 120  # seconds for any one process
 
-# R1-Zero at tiny sizes: 20 pretraining steps (a checkpoint every 8), 6 RL steps (a checkpoint every 2)
+# R1-Zero at tiny sizes: 20 pretraining steps (a checkpoint every 5), 6 RL steps (a checkpoint every 2), and an
+# evaluation of the base and RL models on one problem
 R1_ZERO = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "20", "--pretrain-batch-size", "8",
            "--pretrain-seq-len", "64", "--pretrain-unique-tokens", "20000", "--pretrain-warmup", "2",
-           "--pretrain-checkpoint-every", "8", "--log-every", "1", "--rl-steps", "6", "--rl-prompts-per-step", "2",
+           "--pretrain-checkpoint-every", "5", "--log-every", "1", "--rl-steps", "6", "--rl-prompts-per-step", "2",
            "--rl-group-size", "2", "--rl-max-new-tokens", "16", "--rl-minibatches", "2", "--checkpoint-every", "2",
-           "--eval-problems", "0"]
-# the R1 recipe on R1-Zero's base model: a few steps of each stage
-R1 = R1_ZERO + ["--recipe", "r1", "--r1-coldstart-examples", "6", "--r1-sft-batch-size", "1",
+           "--eval-problems", "1", "--eval-samples", "2"]
+# the R1 recipe on R1-Zero's base model: a few steps of each stage, no evaluation
+R1 = R1_ZERO + ["--eval-problems", "0", "--recipe", "r1", "--r1-coldstart-examples", "6", "--r1-sft-batch-size", "1",
                 "--r1-sft-seq-len", "256", "--r1-sft-checkpoint-every", "2", "--r1-coldstart-epochs", "1",
                 "--r1-reasoning-rl-steps", "4", "--r1-final-rl-steps", "4", "--r1-rejection-problems", "4",
                 "--r1-rejection-samples-per-prompt", "2", "--r1-rejection-keep-per-prompt", "1"]
@@ -133,19 +139,19 @@ class Run:
         while True:
             self.poll_until(lambda: file_id(path) not in (seen, None))
             seen = file_id(path)
-            step = torch.load(path, weights_only=True)["step"]
+            step = torch.load(path, weights_only=True).get("step")  # None: the stage's finished model
             logged = [r["step"] for r in rows_of(self.metrics) if r.get("stage") == stage and "step" in r]
-            if logged and logged[-1] == step - 1:
+            if step is not None and logged and logged[-1] == step - 1:
                 self.kill()
                 return f"{name} at step {step}, before the next {stage} row"
             self.signal(signal.SIGCONT)
 
-    def kill_at_random(self, rng, longest):
+    def kill_at_random(self, longest):
         """Kill at a random moment in the `longest` seconds after the process's first row (if it still runs)."""
         start = len(rows_of(self.metrics))
         self.poll_until(lambda: len(rows_of(self.metrics)) > start)
         self.signal(signal.SIGCONT)
-        delay = rng.uniform(0, longest)
+        delay = random.uniform(0, longest)
         time.sleep(delay)
         if not self.alive():
             self.wait()
@@ -162,18 +168,18 @@ class Run:
         return "the rejection row, before rejection.jsonl"
 
 
-def run_with_kills(command, out_dir, resume_flag, kills, finish=None):
-    """Run `command` into out_dir, killed at each of `kills` (functions of a Run that kill it and say where) and
-    resumed with `resume_flag` after each, then run to its end. finish(i) may give the i-th process's command
-    instead (R1's driver). Returns what each kill hit."""
+def run_with_kills(command, out_dir, kills):
+    """Run command(i), the i-th process's command (the first one's, then the resumed ones'), into out_dir: killed
+    at each of `kills` (functions of a Run that kill it and say where), and the last to its end. Returns what each
+    kill hit."""
     hits = []
     for i, kill in enumerate(kills + [None]):
-        args = command if i == 0 else command + [resume_flag]
-        run = Run(finish(i, args) if finish else args, out_dir, f"{os.path.basename(out_dir)}_{i}.log")
-        if kill is None:
-            run.wait()
-        else:
-            hits.append(kill(run))
+        run = Run(command(i), out_dir, f"{os.path.basename(out_dir)}_{i}.log")
+        try:
+            run.wait() if kill is None else hits.append(kill(run))
+        except BaseException:
+            run.signal(signal.SIGKILL)  # not left stopped by a failed check
+            raise
     return hits
 
 
@@ -186,8 +192,8 @@ def stage_rows(path):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows_of(path) if row.get("stage") != "config"]
 
 
-def assert_same_run(killed, reference, checkpoints):
-    rows, expected = stage_rows(os.path.join(killed, "metrics.jsonl")), stage_rows(os.path.join(reference, "metrics.jsonl"))
+def assert_same_run(killed, reference, checkpoints, evals=()):
+    rows, expected = (stage_rows(os.path.join(folder, "metrics.jsonl")) for folder in (killed, reference))
     keys = [(row["stage"], row.get("step")) for row in rows]
     repeated = sorted({key for key in keys if keys.count(key) > 1}, key=str)
     assert not repeated, f"rows logged more than once: {repeated}"
@@ -205,6 +211,9 @@ def assert_same_run(killed, reference, checkpoints):
         assert got.keys() == want.keys()
         differ = [key for key in want if not torch.equal(got[key], want[key])]
         assert not differ, f"{name}: weights differ from the uninterrupted run's ({differ[:3]} ...)"
+    for name in evals:
+        got, want = (json.load(open(os.path.join(folder, "eval.json")))[name] for folder in (killed, reference))
+        assert got == want, f"eval.json's {name} differs from the uninterrupted run's"
 
 
 # -----------------------------------------------------------------------------
@@ -230,58 +239,53 @@ def test_r1_zero_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_
     """Killed before its first checkpoint, a train.py run has nothing to resume (--resume says so:
     test_train.test_resume_with_nothing_to_resume_stops) and starts afresh; pretrain_base's restart from nothing
     is distill.py's (below)."""
-    out, rng = str(tmp_path / "killed"), random.Random(1)
-    hits = run_with_kills(["train.py", *R1_ZERO, "--out-dir", out], out, "--resume", [
+    out = str(tmp_path / "killed")
+    hits = run_with_kills(lambda i: ["train.py", *R1_ZERO, "--out-dir", out, *["--resume"][:i]], out, [
         lambda run: run.kill_after_checkpoint("pretrain", "pretrain.pt"),
         lambda run: run.kill_at_row("rl", 0, before="rl.pt"),  # RL restarts from base.pt
-        lambda run: run.kill_at_random(rng, 0.3),
         lambda run: run.kill_after_checkpoint("rl", "rl.pt"),
+        lambda run: run.kill_at_random(1.0),
     ])
     print("killed at:", hits)
-    assert_same_run(out, r1_zero_reference(), ["base.pt", "rl.pt"])
+    assert_same_run(out, r1_zero_reference(), ["base.pt", "rl.pt"], evals=["base", "rl"])
 
 
-def r1_driver(i, args, die_at_rejection=None):
-    return [os.path.join("tests", "test_resume.py"), *(["--die-after-rejection-row"] if i == die_at_rejection
-                                                        else []), *args]
+def r1_driver(args, die_after_rejection_row=False):
+    """The command of train.py's run of `args` through the R1 driver (the end of this file)."""
+    return ["-m", "tests.test_resume", *(["--die-after-rejection-row"] if die_after_rejection_row else []), *args]
 
 
 def test_r1_recipe_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference, tmp_path):
-    """Both runs start from R1-Zero's base model (--resume from base.pt), through the driver below."""
-    rng = random.Random(2)
+    """Both runs start from R1-Zero's base model (--resume from base.pt)."""
     outs = {name: str(tmp_path / name) for name in ("reference", "killed")}
     for out in outs.values():
         os.makedirs(out)
         shutil.copy(os.path.join(r1_zero_reference(), "base.pt"), out)
-    reference = Run(r1_driver(0, ["--resume", *R1, "--out-dir", outs["reference"]]), outs["reference"], "ref.log")
-    command = [*R1, "--out-dir", outs["killed"], "--resume"]
-    hits = run_with_kills(command, outs["killed"], "--resume", [
+    reference = Run(r1_driver([*R1, "--out-dir", outs["reference"], "--resume"]), outs["reference"], "ref.log")
+    hits = run_with_kills(lambda i: r1_driver([*R1, "--out-dir", outs["killed"], "--resume"], i == 3), outs["killed"], [
         lambda run: run.kill_at_row("coldstart", 0, before="coldstart.pt"),  # restarts from base.pt
         lambda run: run.kill_after_checkpoint("coldstart", "coldstart.pt"),
         lambda run: run.kill_at_row("rl_reasoning", 0, before="rl_reasoning.pt"),
-        lambda run: run.dies_in_driver(),
+        lambda run: run.dies_in_driver(),  # process 3
         lambda run: run.kill_at_row("rsft", 0, before="rsft.pt"),
         lambda run: run.kill_at_row("rl_final", 0, before="rl_final.pt"),
-        lambda run: run.kill_at_random(rng, 0.5),
-    ], finish=lambda i, args: r1_driver(i, args, die_at_rejection=3))
+    ])
     print("killed at:", hits)
     reference.wait()
     assert_same_run(outs["killed"], outs["reference"], ["coldstart.pt", "rl_reasoning.pt", "rsft.pt", "rl_final.pt"])
 
 
+def correct_answer(row):
+    """A short correct answer to a Countdown problem, as an SFT example: {"question", "completion"}."""
+    expr = next(e for e in data.clean_expressions(tuple(sorted(row["numbers"]))) if e.value == row["target"])
+    return {"question": row["question"],
+            "completion": f"<think> Try {expr.text}. </think> <answer> {expr.text} </answer>"}
+
+
 def countdown_examples(n, seed):
-    """{"question", "completion"} lines as sft.py reads them: correct answers written by the corpus writer."""
-    sys.path.insert(0, ROOT)
-    import data
-    rng, lines = random.Random(seed), []
-    problems = data.countdown_problems("pretrain")
-    while len(lines) < n:
-        numbers, target = rng.choice(problems)
-        row = data.countdown_row(numbers, target, rng)
-        expr = next(e for e in data.clean_expressions(tuple(sorted(row["numbers"]))) if e.value == row["target"])
-        lines.append({"question": row["question"],
-                      "completion": f"<think> Try {expr.text}. </think> <answer> {expr.text} </answer>"})
-    return lines
+    """n SFT examples, as sft.py reads them, of the problems pretraining sees."""
+    rng, problems = random.Random(seed), data.countdown_problems("pretrain")
+    return [correct_answer(data.countdown_row(*rng.choice(problems), rng)) for _ in range(n)]
 
 
 def write_jsonl(path, rows):
@@ -290,17 +294,17 @@ def write_jsonl(path, rows):
 
 
 def test_sft_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_path):
-    rng, data_path = random.Random(3), str(tmp_path / "sft.jsonl")
+    data_path = str(tmp_path / "sft.jsonl")
     write_jsonl(data_path, countdown_examples(16, seed=0))
     command = {name: ["sft.py", "--init", os.path.join(r1_zero_reference(), "base.pt"), "--data", data_path,
                       "--device", "cpu", "--batch-size", "1", "--seq-len", "160", "--epochs", "1", "--warmup", "2",
                       "--log-every", "1", "--checkpoint-every", "3", "--out-dir", str(tmp_path / name)]
                for name in ("reference", "killed")}
     reference = Run(command["reference"], str(tmp_path / "reference"), "ref.log")
-    hits = run_with_kills(command["killed"], str(tmp_path / "killed"), "--resume", [
+    hits = run_with_kills(lambda i: command["killed"] + ["--resume"][:i], str(tmp_path / "killed"), [
         lambda run: run.kill_at_row("sft", 0, before="sft.pt"),  # restarts from --init
         lambda run: run.kill_after_checkpoint("sft", "sft.pt"),
-        lambda run: run.kill_at_random(rng, 0.2),
+        lambda run: run.kill_at_random(0.4),
     ])
     print("killed at:", hits)
     reference.wait()
@@ -309,7 +313,6 @@ def test_sft_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_path
 
 def test_distill_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference, tmp_path):
     """R1-Zero's run is the teacher; its samples (teacher.jsonl) are given, as a tiny teacher solves nothing."""
-    rng = random.Random(4)
     outs = {name: str(tmp_path / name) for name in ("reference", "killed")}
     for out in outs.values():
         os.makedirs(out)
@@ -324,14 +327,13 @@ def test_distill_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference
     reference = Run(command["reference"], outs["reference"], "ref.log")
     student = os.path.join(outs["killed"], "students", "tiny", "seed0")
     os.makedirs(student)
-    hits = run_with_kills(command["killed"], student, "--resume", [
-        lambda run: run.kill_at_row("pretrain", 0, before="pretrain.pt"),
-        lambda run: run.kill_after_checkpoint("pretrain", "pretrain.pt"),
+    hits = run_with_kills(lambda i: command["killed"], student, [  # distill.py always resumes
+        lambda run: run.kill_at_row("pretrain", 0, before="pretrain.pt"),  # restarts from nothing
         lambda run: run.kill_at_row("rl", 0, before="rl.pt"),
         lambda run: run.kill_at_row("sft", 0, before="distilled_sft.pt"),
         lambda run: run.kill_after_checkpoint("sft", "distilled_sft.pt"),
         lambda run: run.kill_at_row("distilled_rl", 0, before="distilled_rl.pt"),
-    ], finish=lambda i, args: [a for a in args if a != "--resume"])  # distill.py always resumes
+    ])
     print("killed at:", hits)
     reference.wait()
     students = [os.path.join(out, "students", "tiny", "seed0") for out in (outs["killed"], outs["reference"])]
@@ -343,18 +345,11 @@ def test_distill_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference
 
 
 def correct_samples(model, rows, cfg, decoder=None):
-    """Stands in for rejection.rejection_sample: one correct answer per problem, written by the corpus writer."""
-    import data
-    examples = []
-    for row in rows:
-        expr = next(e for e in data.clean_expressions(tuple(sorted(row["numbers"]))) if e.value == row["target"])
-        examples.append({"question": row["question"],
-                         "completion": f"<think> Try {expr.text}. </think> <answer> {expr.text} </answer>"})
-    return examples, {"kept": len(examples)}
+    """Stands in for rejection.rejection_sample: one correct answer per problem."""
+    return [correct_answer(row) for row in rows], {"kept": len(rows)}
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
+if __name__ == "__main__":  # python -m tests.test_resume [--die-after-rejection-row] TRAIN_ARGS...
     import r1
     import train
     r1.rejection_sample = correct_samples
