@@ -84,6 +84,7 @@ def global_rng_state(device):
 
 
 def set_global_rng_state(ckpt, device):
+    """Restores what global_rng_state saved in `ckpt` (the CUDA state only onto a GPU)."""
     torch.set_rng_state(ckpt["torch_rng"])
     if device.type == "cuda" and "cuda_rng" in ckpt:
         torch.cuda.set_rng_state(ckpt["cuda_rng"], device)

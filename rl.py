@@ -40,9 +40,10 @@ def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", 
     rng = random.Random(cfg.seed)  # the problems each step draws, alike on every rank
     if start:
         rng.setstate(ckpt["rng"])
-    if start and main_rank:  # the checkpoint holds rank 0's sampling RNG; the other ranks start afresh
+    if start and main_rank:  # the checkpoint holds rank 0's sampling RNG
         set_global_rng_state(ckpt, device)
-    else:  # from the seed, whatever drew from the global RNG before this stage (initialisation, evaluations)
+    else:  # a stage that starts samples from the seed, whatever drew from the global RNG before it in this process
+        # (a model's initialisation, an evaluation); a resumed rank other than 0 from a seed of its own
         torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
     P = cfg.rl_prompts_per_step // world  # this rank's prompts: whole groups, so advantages stay local
     bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, disable=not main_rank)

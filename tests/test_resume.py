@@ -7,8 +7,13 @@ The moments: each stage's first logged row (before the stage's first checkpoint)
 checkpoint's write and the next row. The test kills the real scripts from outside: it polls metrics.jsonl and the
 checkpoint files, stops the process group (SIGSTOP) when the moment comes, checks that the process is where it
 should be, and kills it (SIGKILL). A checkpoint is followed by its next row within one step, so that moment is
-retried at the next checkpoint when the poll sees it late. The one moment polling cannot catch, R1's rejection
-row logged and its file not yet written (microseconds apart), is made by the R1 driver at the bottom of this file.
+retried at the next checkpoint when the poll sees it late. Each pipeline runs uninterrupted once and killed twice
+over, the kills split between two runs, all three side by side (their processes share the cores).
+
+The R1 runs go through a driver (the end of this file): rejection sampling is stubbed (a tiny model's answers are
+never kept), every RL step reports an aha example (a tiny model seldom ends right after a reflection, and
+aha.jsonl needs rows to test), and the one moment polling cannot catch, the rejection row logged and its file not
+yet written (microseconds apart), is made there.
 
 What "the same run" means: every (stage, step) row exactly once in metrics.jsonl, the same rows in the same order
 as the uninterrupted run's, bit for bit, except their wall-clock fields (TIMING) and the config rows (one per start
@@ -27,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -183,6 +189,12 @@ def run_with_kills(command, out_dir, kills):
     return hits
 
 
+def side_by_side(*functions):
+    """Call `functions` at once, each in a thread (their processes share the cores), and return their results."""
+    with ThreadPoolExecutor(len(functions)) as pool:
+        return [future.result() for future in [pool.submit(f) for f in functions]]
+
+
 # -----------------------------------------------------------------------------
 # Comparing a killed and resumed run with the uninterrupted one
 
@@ -238,16 +250,23 @@ def r1_zero_reference(tmp_path_factory):
 def test_r1_zero_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_path):
     """Killed before its first checkpoint, a train.py run has nothing to resume (--resume says so:
     test_train.test_resume_with_nothing_to_resume_stops) and starts afresh; pretrain_base's restart from nothing
-    is distill.py's (below)."""
-    out = str(tmp_path / "killed")
-    hits = run_with_kills(lambda i: ["train.py", *R1_ZERO, "--out-dir", out, *["--resume"][:i]], out, [
-        lambda run: run.kill_after_checkpoint("pretrain", "pretrain.pt"),
-        lambda run: run.kill_at_row("rl", 0, before="rl.pt"),  # RL restarts from base.pt
-        lambda run: run.kill_after_checkpoint("rl", "rl.pt"),
-        lambda run: run.kill_at_random(1.0),
-    ])
+    is distill.py's (below). Two runs, killed twice each, side by side."""
+    outs = [str(tmp_path / name) for name in ("a", "b")]
+
+    def command(out):
+        return lambda i: ["train.py", *R1_ZERO, "--out-dir", out, *["--resume"][:i]]
+    hits = side_by_side(
+        lambda: run_with_kills(command(outs[0]), outs[0], [
+            lambda run: run.kill_after_checkpoint("pretrain", "pretrain.pt"),
+            lambda run: run.kill_at_row("rl", 0, before="rl.pt"),  # RL restarts from base.pt
+        ]),
+        lambda: run_with_kills(command(outs[1]), outs[1], [
+            lambda run: run.kill_after_checkpoint("rl", "rl.pt"),
+            lambda run: run.kill_at_random(1.0),
+        ]))
     print("killed at:", hits)
-    assert_same_run(out, r1_zero_reference(), ["base.pt", "rl.pt"], evals=["base", "rl"])
+    for out in outs:
+        assert_same_run(out, r1_zero_reference(), ["base.pt", "rl.pt"], evals=["base", "rl"])
 
 
 def r1_driver(args, die_after_rejection_row=False):
@@ -256,23 +275,27 @@ def r1_driver(args, die_after_rejection_row=False):
 
 
 def test_r1_recipe_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference, tmp_path):
-    """Both runs start from R1-Zero's base model (--resume from base.pt)."""
-    outs = {name: str(tmp_path / name) for name in ("reference", "killed")}
-    for out in outs.values():
+    """All runs start from R1-Zero's base model (--resume from base.pt); two of them killed three times each."""
+    outs = [str(tmp_path / name) for name in ("reference", "a", "b")]
+    for out in outs:
         os.makedirs(out)
         shutil.copy(os.path.join(r1_zero_reference(), "base.pt"), out)
-    reference = Run(r1_driver([*R1, "--out-dir", outs["reference"], "--resume"]), outs["reference"], "ref.log")
-    hits = run_with_kills(lambda i: r1_driver([*R1, "--out-dir", outs["killed"], "--resume"], i == 3), outs["killed"], [
-        lambda run: run.kill_at_row("coldstart", 0, before="coldstart.pt"),  # restarts from base.pt
-        lambda run: run.kill_after_checkpoint("coldstart", "coldstart.pt"),
-        lambda run: run.kill_at_row("rl_reasoning", 0, before="rl_reasoning.pt"),
-        lambda run: run.dies_in_driver(),  # process 3
-        lambda run: run.kill_at_row("rsft", 0, before="rsft.pt"),
-        lambda run: run.kill_at_row("rl_final", 0, before="rl_final.pt"),
-    ])
+    reference = Run(r1_driver([*R1, "--out-dir", outs[0], "--resume"]), outs[0], "reference.log")
+    hits = side_by_side(
+        lambda: run_with_kills(lambda i: r1_driver([*R1, "--out-dir", outs[1], "--resume"]), outs[1], [
+            lambda run: run.kill_at_row("coldstart", 0, before="coldstart.pt"),  # restarts from base.pt
+            lambda run: run.kill_after_checkpoint("coldstart", "coldstart.pt"),
+            lambda run: run.kill_at_row("rl_reasoning", 0, before="rl_reasoning.pt"),
+        ]),
+        lambda: run_with_kills(lambda i: r1_driver([*R1, "--out-dir", outs[2], "--resume"], i == 0), outs[2], [
+            lambda run: run.dies_in_driver(),
+            lambda run: run.kill_at_row("rsft", 0, before="rsft.pt"),
+            lambda run: run.kill_at_row("rl_final", 0, before="rl_final.pt"),
+        ]))
     print("killed at:", hits)
     reference.wait()
-    assert_same_run(outs["killed"], outs["reference"], ["coldstart.pt", "rl_reasoning.pt", "rsft.pt", "rl_final.pt"])
+    for out in outs[1:]:
+        assert_same_run(out, outs[0], ["coldstart.pt", "rl_reasoning.pt", "rsft.pt", "rl_final.pt"])
 
 
 def correct_answer(row):
@@ -296,52 +319,60 @@ def write_jsonl(path, rows):
 def test_sft_killed_anywhere_resumes_to_the_same_run(r1_zero_reference, tmp_path):
     data_path = str(tmp_path / "sft.jsonl")
     write_jsonl(data_path, countdown_examples(16, seed=0))
-    command = {name: ["sft.py", "--init", os.path.join(r1_zero_reference(), "base.pt"), "--data", data_path,
-                      "--device", "cpu", "--batch-size", "1", "--seq-len", "160", "--epochs", "1", "--warmup", "2",
-                      "--log-every", "1", "--checkpoint-every", "3", "--out-dir", str(tmp_path / name)]
-               for name in ("reference", "killed")}
-    reference = Run(command["reference"], str(tmp_path / "reference"), "ref.log")
-    hits = run_with_kills(lambda i: command["killed"] + ["--resume"][:i], str(tmp_path / "killed"), [
-        lambda run: run.kill_at_row("sft", 0, before="sft.pt"),  # restarts from --init
-        lambda run: run.kill_after_checkpoint("sft", "sft.pt"),
-        lambda run: run.kill_at_random(0.4),
-    ])
+    outs = [str(tmp_path / name) for name in ("reference", "a", "b")]
+
+    def command(out):
+        return lambda i: ["sft.py", "--init", os.path.join(r1_zero_reference(), "base.pt"), "--data", data_path,
+                          "--device", "cpu", "--batch-size", "1", "--seq-len", "160", "--epochs", "1", "--warmup",
+                          "2", "--log-every", "1", "--checkpoint-every", "3", "--out-dir", out, *["--resume"][:i]]
+    reference = Run(command(outs[0])(0), outs[0], "reference.log")
+    hits = side_by_side(
+        lambda: run_with_kills(command(outs[1]), outs[1], [
+            lambda run: run.kill_at_row("sft", 0, before="sft.pt"),  # restarts from --init
+            lambda run: run.kill_after_checkpoint("sft", "sft.pt"),
+        ]),
+        lambda: run_with_kills(command(outs[2]), outs[2], [lambda run: run.kill_at_random(0.5)]))
     print("killed at:", hits)
     reference.wait()
-    assert_same_run(str(tmp_path / "killed"), str(tmp_path / "reference"), ["sft.pt"])
+    for out in outs[1:]:
+        assert_same_run(out, outs[0], ["sft.pt"])
 
 
 def test_distill_killed_in_every_stage_resumes_to_the_same_run(r1_zero_reference, tmp_path):
-    """R1-Zero's run is the teacher; its samples (teacher.jsonl) are given, as a tiny teacher solves nothing."""
-    outs = {name: str(tmp_path / name) for name in ("reference", "killed")}
-    for out in outs.values():
-        os.makedirs(out)
-        examples = countdown_examples(10, seed=1)
+    """R1-Zero's run is the teacher; its samples (teacher.jsonl) are given, as a tiny teacher solves nothing. Two
+    runs, killed in different stages, side by side (distill.py always resumes)."""
+    outs = [str(tmp_path / name) for name in ("reference", "a", "b")]
+    students = [os.path.join(out, "students", "tiny", "seed0") for out in outs]
+    examples = countdown_examples(10, seed=1)
+    for out, student in zip(outs, students):
+        os.makedirs(student)
         write_jsonl(os.path.join(out, "teacher.jsonl"), examples)
         json.dump({"kept": len(examples)}, open(os.path.join(out, "rejection.json"), "w"))
-    command = {name: ["distill.py", "--teacher", r1_zero_reference(), "--out-dir", out, "--students", "tiny",
-                      "--device", "cpu", "--distill-rl-steps", "4", "--eval-problems", "1", "--eval-samples", "2",
-                      "--sft-batch-size", "1", "--sft-seq-len", "160", "--sft-epochs", "1", "--sft-warmup", "1",
-                      "--sft-log-every", "1", "--sft-checkpoint-every", "2"]
-               for name, out in outs.items()}
-    reference = Run(command["reference"], outs["reference"], "ref.log")
-    student = os.path.join(outs["killed"], "students", "tiny", "seed0")
-    os.makedirs(student)
-    hits = run_with_kills(lambda i: command["killed"], student, [  # distill.py always resumes
-        lambda run: run.kill_at_row("pretrain", 0, before="pretrain.pt"),  # restarts from nothing
-        lambda run: run.kill_at_row("rl", 0, before="rl.pt"),
-        lambda run: run.kill_at_row("sft", 0, before="distilled_sft.pt"),
-        lambda run: run.kill_after_checkpoint("sft", "distilled_sft.pt"),
-        lambda run: run.kill_at_row("distilled_rl", 0, before="distilled_rl.pt"),
-    ])
+
+    def command(out):
+        return lambda i: ["distill.py", "--teacher", r1_zero_reference(), "--out-dir", out, "--students", "tiny",
+                          "--device", "cpu", "--distill-rl-steps", "4", "--eval-problems", "1", "--eval-samples",
+                          "2", "--sft-batch-size", "1", "--sft-seq-len", "160", "--sft-epochs", "1",
+                          "--sft-warmup", "1", "--sft-log-every", "1", "--sft-checkpoint-every", "2"]
+    reference = Run(command(outs[0])(0), students[0], "reference.log")
+    hits = side_by_side(
+        lambda: run_with_kills(command(outs[1]), students[1], [
+            lambda run: run.kill_at_row("pretrain", 0, before="pretrain.pt"),  # restarts from nothing
+            lambda run: run.kill_at_row("rl", 0, before="rl.pt"),
+        ]),
+        lambda: run_with_kills(command(outs[2]), students[2], [
+            lambda run: run.kill_at_row("sft", 0, before="distilled_sft.pt"),
+            lambda run: run.kill_after_checkpoint("sft", "distilled_sft.pt"),
+            lambda run: run.kill_at_row("distilled_rl", 0, before="distilled_rl.pt"),
+        ]))
     print("killed at:", hits)
     reference.wait()
-    students = [os.path.join(out, "students", "tiny", "seed0") for out in (outs["killed"], outs["reference"])]
-    assert_same_run(*students, ["base.pt", "rl.pt", "distilled.pt", "distilled_rl.pt"])
+    for student in students[1:]:
+        assert_same_run(student, students[0], ["base.pt", "rl.pt", "distilled.pt", "distilled_rl.pt"])
 
 
 # -----------------------------------------------------------------------------
-# The R1 driver: train.py --recipe r1 with rejection sampling stubbed (a tiny model's answers are never kept)
+# The R1 driver: train.py --recipe r1 with rejection sampling stubbed and an aha example from every RL step
 
 
 def correct_samples(model, rows, cfg, decoder=None):
@@ -350,9 +381,16 @@ def correct_samples(model, rows, cfg, decoder=None):
 
 
 if __name__ == "__main__":  # python -m tests.test_resume [--die-after-rejection-row] TRAIN_ARGS...
+    import grpo
     import r1
     import train
     r1.rejection_sample = correct_samples
+    step = grpo.GRPOTrainer.step
+
+    def step_with_an_aha(trainer, rows):
+        stats, aha = step(trainer, rows)
+        return stats, aha + [{"question": rows[0]["question"], "response": "(the driver's)", "reflections": 1}]
+    grpo.GRPOTrainer.step = step_with_an_aha
     argv = sys.argv[1:]
     if argv[0] == "--die-after-rejection-row":  # killed once the rejection row is logged, before its file is written
         argv, replace = argv[1:], os.replace
