@@ -88,14 +88,14 @@ class Run:
     def __init__(self, command, out_dir, log_name):
         self.out_dir, self.metrics = out_dir, os.path.join(out_dir, "metrics.jsonl")
         self.log_path = os.path.join(os.path.dirname(out_dir), log_name)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=ENV, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=ENV, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.deadline = time.time() + TIMEOUT
 
     def output(self):
-        self.log.flush()
-        return open(self.log_path).read()[-3000:]
+        with open(self.log_path) as log:
+            return log.read()[-3000:]
 
     def alive(self):
         assert time.time() < self.deadline, f"timed out:\n{self.output()}"
