@@ -13,7 +13,7 @@ from checkpoint import drop_rows_from, load_checkpoint, save_checkpoint
 from config import TrainConfig
 from engine.pretraining import corpus_while_compiling
 from model import Transformer, make_config
-from pretrain import pretrain
+from pretrain import batch_generator, pretrain
 
 REPOSITORY = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,7 +43,7 @@ def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
     main_rank = distributed.is_main()
     say = print if main_rank else (lambda *args: None)
     if first_row is not None:
-        log({**first_row, "resumed": cfg.resume})  # a row without a step: drop_rows_from below keeps it
+        log({**first_row, "resumed": cfg.resume})  # a config row: drop_rows_from below keeps it
     if cfg.resume and os.path.exists(paths["base.pt"]):
         say(f"resumed the finished base model from {paths['base.pt']}")
         return load_checkpoint(paths["base.pt"], device)["model"]
@@ -53,28 +53,30 @@ def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
         if main_rank:
             save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
         return model
-    start, opt_state = 0, None
+    start, opt_state, batch_rng = 0, None, None
     if cfg.resume and os.path.exists(paths["pretrain.pt"]):
         ckpt = load_checkpoint(paths["pretrain.pt"], device)
-        model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
+        model, start, opt_state, batch_rng = ckpt["model"], ckpt["step"], ckpt["opt"], ckpt.get("batch_rng")
         say(f"resumed pretraining at step {start}")
-        if main_rank:
-            drop_rows_from([paths["metrics.jsonl"]], start, "pretrain")
     else:
         model = Transformer(make_config(cfg.preset)).to(device)
+    if main_rank:  # the steps from `start` on are redone (all of them without pretrain.pt)
+        drop_rows_from([paths["metrics.jsonl"]], start, ["pretrain"])
+    batches = batch_generator(cfg, start, batch_rng)
     say(f"model: {model.num_params() / 1e6:.1f}M parameters, {model.num_params(active=True) / 1e6:.1f}M "
         f"active per token, on {device}")
 
     def save(step, opt):
         if main_rank:
-            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict())
+            save_checkpoint(paths["pretrain.pt"], model, stage="pretrain", step=step, opt=opt.state_dict(),
+                            batch_rng=batches.get_state())
 
     if device.type == "cuda" and not cfg.eager:
         with engine.compiled_blocks(model):
             stream = corpus_while_compiling(model, cfg, device)
-            pretrain(model, cfg, device, log, save, start, opt_state, stream)
+            pretrain(model, cfg, device, log, save, start, opt_state, stream, batches)
     else:
-        pretrain(model, cfg, device, log, save, start, opt_state)
+        pretrain(model, cfg, device, log, save, start, opt_state, batches=batches)
     if main_rank:
         save_checkpoint(paths["base.pt"], model, stage="base", train_config=asdict(cfg))
     return model

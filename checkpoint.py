@@ -57,17 +57,37 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
-def drop_rows_from(paths, step, stage=None):
-    """Steps logged after the checkpoint a run resumes from are redone: drop their rows from the JSONL files
-    `paths` (only `stage`'s rows if given; a row without a stage is an RL row, as older aha.jsonl rows were; a
-    row without a step is kept) so that each step appears once."""
+def drop_rows_from(paths, step, stages):
+    """The one resume rule of every stage: a stage that starts at `step` (its own checkpoint's, or 0 from the
+    previous stage's model) redoes every step from there, so their rows go from the JSONL files `paths`
+    (metrics.jsonl, aha.jsonl) and each step appears once, whatever the moment of the crash. A row goes when its
+    stage is one of `stages` and its step is >= `step`. A row without a step (a stage's data summary, written as
+    it starts) belongs to step 0; a row without a stage is an RL row (as older aha.jsonl rows are)."""
+    stages = set(stages)
+
     def redone(row):
-        return row.get("step", -1) >= step and (stage is None or row.get("stage", "rl") == stage)
+        return row.get("stage", "rl") in stages and row.get("step", 0) >= step
     for path in paths:
         if os.path.exists(path):
             lines = [line for line in open(path) if not redone(json.loads(line))]
             with open(path, "w") as f:
                 f.writelines(lines)
+
+
+def global_rng_state(device):
+    """The global random states a stage's steps draw from (torch's CPU generator; on a GPU, also its CUDA one), as
+    checkpoint fields: restored by set_global_rng_state, the resumed steps draw what the uninterrupted ones would."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_global_rng_state(ckpt, device):
+    """Restores what global_rng_state saved in `ckpt` (the CUDA state only onto a GPU)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in ckpt:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
 
 
 def git_commit():

@@ -40,7 +40,6 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -238,7 +237,7 @@ class Student:
                         train_config=asdict(self.cfg), **extra)
 
     def base(self):
-        """Pretrain from scratch, continuing from pretrain.pt after an interruption (pretrain.pretrain_base)."""
+        """Pretrain from scratch, continuing from pretrain.pt after an interruption (base.pretrain_base)."""
         if os.path.exists(self.paths["base.pt"]):
             return
         torch.manual_seed(self.cfg.seed)
@@ -250,8 +249,6 @@ class Student:
         if os.path.exists(path) and load_checkpoint(path)["step"] >= steps:
             return
         model = self.load(init)
-        torch.manual_seed(self.cfg.seed)
-        random.seed(self.cfg.seed)
         run_rl(model, self.cfg, self.device, self.log, self.paths, self.train_rows, stage=stage, steps=steps)
         if not steps:  # nothing to train: the stage's model is its init
             self.save(stage + ".pt", model, step=0)
@@ -268,9 +265,9 @@ class Student:
                 raise SystemExit(f"cannot resume {self.paths['distilled_sft.pt']}: it was fine-tuned with other "
                                  "SFT settings or teacher data; delete it to start this SFT afresh")
             model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
-            drop_rows_from([self.paths["metrics.jsonl"]], start, "sft")
         else:
             model = self.load("base.pt")
+        drop_rows_from([self.paths["metrics.jsonl"]], start, ["sft", "sft_data"])  # the steps redone from `start`
 
         def save(step, opt):
             save_checkpoint(self.paths["distilled_sft.pt"], model, stage="sft", step=step, opt=opt.state_dict(),

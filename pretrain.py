@@ -38,10 +38,18 @@ def next_token_loss(train_model, windows, autocast):
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
 
 
-def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None, stream=None):
+def batch_generator(cfg: TrainConfig, start_step=0, state=None):
+    """The generator each step draws its windows' start offsets from. `state`, a checkpoint's, continues the draws
+    where that run stopped; without one, a run that starts at start_step draws a stream of its own."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
+    return gen if state is None else gen.set_state(state)
+
+
+def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state=None, stream=None, batches=None):
     """Next-token prediction on windows of cfg.pretrain_seq_len tokens drawn at random from the corpus stream
     (generated here unless given), from start_step to cfg.pretrain_steps; `save(step, opt)` checkpoints every
-    cfg.pretrain_checkpoint_every steps."""
+    cfg.pretrain_checkpoint_every steps. `batches` is the batch_generator to draw from (the caller saves its
+    state)."""
     B, T = cfg.pretrain_batch_size, cfg.pretrain_seq_len
     b, rank = B // distributed.world_size(), distributed.rank()  # this rank's rows of each global batch
     micro = cfg.pretrain_micro_batch_size or b  # rows per forward/backward; b // micro of them make a step
@@ -56,7 +64,7 @@ def pretrain(model, cfg: TrainConfig, device, log, save, start_step=0, opt_state
     # the whole stream on the device (160 MB for 20M tokens): a step's windows are gathered there from their start
     # offsets, 64 numbers to copy, not 64 windows stacked on the host and copied over
     n_starts, stream, window = len(stream) - T - 1, stream.to(device), torch.arange(T + 1, device=device)
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + start_step)
+    gen = batch_generator(cfg, start_step) if batches is None else batches
     model.train()
     t0, tokens_seen = time.time(), 0
     # a non-finite loss is caught at the next log or checkpoint, not at every step: testing it there would wait for

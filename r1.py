@@ -175,6 +175,7 @@ def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
     Rank 0 alone samples (rejection.py is single-process); the other ranks wait, then read the file."""
     path, ok, err = paths["rejection.jsonl"], 1.0, None
     if distributed.is_main() and not (cfg.resume and os.path.exists(path)):
+        drop_rows_from([paths["metrics.jsonl"]], 0, ["rejection"])  # the sampling is redone: its row goes
         rows = data.problem_rows("train", cfg.r1.rejection_problems, cfg.seed, cfg.train_data)
         rej_cfg = RejectionConfig(samples_per_prompt=cfg.r1.rejection_samples_per_prompt,
                                   max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.grpo.temperature,
@@ -219,8 +220,8 @@ def run_sft(model, examples_fn, sft_cfg: SFTConfig, cfg: TrainConfig, device, lo
             return ckpt["model"]
         model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
         say(f"resumed {stage} at step {start}")
-        if main_rank:
-            drop_rows_from([paths["metrics.jsonl"]], start, stage)
+    if main_rank:  # the steps from `start` on are redone (from 0 without the stage's checkpoint: its data row too)
+        drop_rows_from([paths["metrics.jsonl"]], start, [stage, stage + "_data"])
 
     def stage_log(row):  # sft.py logs "sft" and "sft_data" rows: name them after the stage
         log({**row, "stage": stage if row["stage"] == "sft" else stage + "_data"})

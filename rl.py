@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 import distributed
 import engine
-from checkpoint import drop_rows_from, load_checkpoint, save_checkpoint
+from checkpoint import drop_rows_from, global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from config import TrainConfig
 from grpo import GRPOTrainer
 
@@ -36,15 +36,16 @@ def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", 
         trainer.load_state_dict(ckpt["trainer"])
         start = ckpt["step"]
         say(f"resumed {stage.upper()} at step {start}")
-        if main_rank:
-            drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], start, stage)
-    rng = random.Random(cfg.seed)
+    if main_rank:  # the steps from `start` on are redone (all of them when the stage starts from another's model)
+        drop_rows_from([paths["metrics.jsonl"], paths["aha.jsonl"]], start, [stage])
+    rng = random.Random(cfg.seed)  # the problems each step draws, alike on every rank
     if start:
         rng.setstate(ckpt["rng"])
-        if main_rank:  # the checkpoint holds rank 0's sampling RNG; the other ranks start afresh
-            torch.set_rng_state(ckpt["torch_rng"])
-        else:
-            torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
+    if start and main_rank:  # the checkpoint holds rank 0's sampling RNG
+        set_global_rng_state(ckpt, device)
+    else:  # a stage that starts samples from the seed, whatever drew from the global RNG before it in this process
+        # (a model's initialisation, an evaluation); a resumed rank other than 0 from a seed of its own
+        torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
     P = cfg.rl_prompts_per_step // world  # this rank's prompts: whole groups, so advantages stay local
     bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps, disable=not main_rank)
     for step in bar:
@@ -58,4 +59,4 @@ def run_rl(model, cfg: TrainConfig, device, log, paths, train_rows, stage="rl", 
         bar.set_postfix(acc=f"{stats['accuracy']:.2f}", len=f"{stats['response_len_mean']:.0f}")
         if main_rank and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps):
             save_checkpoint(ckpt_path, model, stage=stage, step=step + 1, trainer=trainer.state_dict(),
-                            train_config=asdict(cfg), rng=rng.getstate(), torch_rng=torch.get_rng_state())
+                            train_config=asdict(cfg), rng=rng.getstate(), **global_rng_state(device))

@@ -331,7 +331,7 @@ def main(argv=None):
         model, start, opt_state = ckpt["model"], ckpt["step"], ckpt["opt"]
         say(f"resumed SFT at step {start}")
         if main_rank:
-            drop_rows_from([metrics_path], start)
+            drop_rows_from([metrics_path], start, ["sft", "sft_data"])
     else:
         if not args.init:
             parser.error("--init is required (the checkpoint to fine-tune)")

@@ -1,10 +1,11 @@
+import json
 import os
 import subprocess
 
 import pytest
 import torch
 
-from checkpoint import git_commit, load_checkpoint, save_checkpoint
+from checkpoint import drop_rows_from, git_commit, load_checkpoint, save_checkpoint
 from model import Transformer, make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,3 +61,25 @@ def test_run_provenance_names_the_commit(monkeypatch):
         assert git_commit().split("+")[0] == head.strip()
     monkeypatch.setenv("NANOR1_COMMIT", "abc1234")  # a copied tree's stale .git must not win over the caller
     assert git_commit() == "abc1234"
+
+
+def test_drop_rows_from_drops_the_rows_of_the_steps_a_stage_redoes(tmp_path):
+    """A row goes when its stage is listed and its step is >= the step the stage starts at; a row without a step
+    is its stage's step 0; a row without a stage is an RL row; the config rows always stay."""
+    path = str(tmp_path / "metrics.jsonl")
+    rows = [{"stage": "config"}, {"stage": "pretrain", "step": 0}, {"stage": "pretrain", "step": 1},
+            {"stage": "sft_data", "examples": 4}, {"stage": "sft", "step": 0}, {"stage": "rejection", "kept": 3},
+            {"step": 0, "response": "old aha"}, {"stage": "rl", "step": 1}]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+    def left():
+        return [json.loads(line) for line in open(path)]
+    drop_rows_from([path, str(tmp_path / "absent.jsonl")], 1, ["pretrain"])
+    assert left() == rows[:2] + rows[3:]
+    drop_rows_from([path], 1, ["sft", "sft_data"])  # from a checkpoint at step 1: the data row stays
+    assert left() == rows[:2] + rows[3:]
+    drop_rows_from([path], 0, ["sft", "sft_data"])  # from the start: the data row goes too
+    assert left() == rows[:2] + rows[5:]
+    drop_rows_from([path], 0, ["rl"])
+    assert left() == rows[:2] + rows[5:6]
