@@ -1,6 +1,6 @@
-"""Without Triton (macOS and Windows have no wheels of it; requirements.txt asks for it on Linux only) the CPU path
-works end to end: every module of the project imports, but kernels/ (the Triton kernels, imported only where they
-run), and train.py --help, a tiny pretraining + RL + evaluation run and sample.py on its checkpoint all work.
+"""Without Triton (it has no wheels for macOS or Windows; requirements.txt asks for it on Linux only) the CPU path
+works end to end: every module of the project but kernels/ (the Triton kernels, imported only where they run)
+imports, and train.py --help, a tiny pretraining + RL + evaluation run and sample.py on its checkpoint all work.
 Each runs in a fresh Python in which Triton is missing, as in an environment that never installed it."""
 import glob
 import json
@@ -11,9 +11,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRITON_PACKAGE = "kernels"  # the one package that needs Triton to import
 
-# Triton as an environment without it shows it: `import triton` (or triton.language, ...) raises
-# ModuleNotFoundError, and importlib.util.find_spec("triton") is None, which torch itself probes. A meta-path
-# finder that raised for "triton" would get the first right but make find_spec raise too.
+# Triton hidden as it is in an environment without it: `import triton` (or triton.language, ...) raises
+# ModuleNotFoundError, and importlib.util.find_spec("triton") is None, which torch itself probes. (A meta-path
+# finder that raised for "triton" would get the first right but make find_spec raise too.)
 HIDE_TRITON = "import sys; sys.modules['triton'] = None\n"
 
 
@@ -58,6 +58,7 @@ def test_every_module_but_the_triton_kernels_imports_without_triton():
     assert {"train", "model", "sample", "grpo", "benchmarks.bench_speed", TRITON_PACKAGE} <= set(modules)
     hidden = without_triton(IMPORT_EACH, TRITON_PACKAGE)  # Triton is hidden indeed: the kernels do not import
     assert hidden.returncode == 1 and f"{TRITON_PACKAGE}: ModuleNotFoundError" in hidden.stdout, hidden.stderr
+    assert "triton" in hidden.stdout, hidden.stdout
     run = without_triton(IMPORT_EACH, *[m for m in modules if m.split(".")[0] != TRITON_PACKAGE])
     assert run.returncode == 0, "modules that do not import without Triton:\n" + run.stdout + run.stderr
 
