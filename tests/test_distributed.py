@@ -35,6 +35,22 @@ def fresh_model():
     return Transformer(make_config("tiny"))
 
 
+# Ranks and one process sum the same numbers in other orders, which AdamW magnifies where a gradient is near zero
+# (its update is g / |g| there): in float32 the weights after a step differed by 1e-5 on one CPU and not another.
+# So the comparisons run in float64. What stays in float32 (the logits, hence the losses; model.py's RMSNorm and
+# router) leaves differences of ~1e-8 in weights and gradients, the float64 rounding ~1e-15; a bug (the wrong
+# rows, a gradient not all-reduced, a router bias left behind) moves weights by the learning rate, >= 1e-3.
+WEIGHTS = dict(rtol=0, atol=1e-5)
+GRADS = dict(rtol=1e-4, atol=1e-6)
+# the losses are float32 (the logits leave the model in float32): a mean of <= 256 token losses <= 7 rounds by
+# <= log2(256) * 2**-24 * 7 = 3e-6 in any order of summation
+LOSS = 1e-5
+
+
+def float64_model():
+    return fresh_model().double()
+
+
 def rollouts():
     """Fixed prompts, completions (ragged, as sampled ones are) and rewards for N_PROMPTS groups of G."""
     g = torch.Generator().manual_seed(1)
@@ -61,7 +77,7 @@ def train_steps():
     out = {}
     # micro-batches of 2 windows: 2 per step on each of 2 ranks, 4 in one process
     for key, micro in (("pretrain", 0), ("pretrain_micro", 2)):
-        model, losses = fresh_model(), []
+        model, losses = float64_model(), []
         pretrain.pretrain(model, TrainConfig(**{**vars(PRETRAIN), "pretrain_micro_batch_size": micro}),
                           torch.device("cpu"), log=lambda row: losses.append(row["loss"]), save=lambda step, opt: None)
         out[key] = (losses, model.state_dict(), [p.grad.clone() for p in model.parameters()])
@@ -69,18 +85,18 @@ def train_steps():
     prompts, completions, reward = rollouts()
     n = N_PROMPTS // W  # this rank's groups
     for mode in LOSS_AGG_MODES:
-        model = fresh_model()
+        model = float64_model()
         trainer = GRPOTrainer(model, GRPOConfig(**{**vars(GRPO), "loss_agg_mode": mode}), torch.device("cpu"))
         stats = trainer.update(prompts[r * n * G:(r + 1) * n * G], completions[r * n * G:(r + 1) * n * G],
                                reward[r * n:(r + 1) * n])
         out[mode] = (stats["loss"], model.state_dict(), [p.grad.clone() for p in model.parameters()])
     # gradient accumulation over micro-batches of 3 rows (ranks: 3 + 1 per minibatch; one process: 3 + 3 + 2)
-    model = fresh_model()
+    model = float64_model()
     trainer = GRPOTrainer(model, GRPOConfig(**{**vars(GRPO), "micro_batch_rows": 3}), torch.device("cpu"))
     stats = trainer.update(prompts[r * n * G:(r + 1) * n * G], completions[r * n * G:(r + 1) * n * G],
                            reward[r * n:(r + 1) * n])
     out["micro"] = (stats["loss"], model.state_dict(), [p.grad.clone() for p in model.parameters()])
-    model, rows = fresh_model(), []
+    model, rows = float64_model(), []
     assert sft.sft(model, sft_examples(), SFT, torch.device("cpu"), log=rows.append)["rows"] == 5
     out["sft"] = ([row["loss"] for row in rows if row["stage"] == "sft"], model.state_dict(),
                   [p.grad.clone() for p in model.parameters()])
@@ -104,7 +120,7 @@ def free_port():
 
 def assert_same(a, b):
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+        torch.testing.assert_close(a[key], b[key], **WEIGHTS, msg=key)
 
 
 def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
@@ -117,25 +133,24 @@ def test_two_ranks_match_one_process_on_the_combined_batch(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert len(single["sft"][0]) == 2
-    assert single["micro"][0] == pytest.approx(single[GRPO.loss_agg_mode][0], abs=1e-5)  # as without micro-batches
-    # gradient accumulation as one pass over the whole batch, up to rounding (which AdamW's division by the
-    # gradients' RMS magnifies where they are near zero, hence the looser bounds for the second step's results)
-    assert single["pretrain_micro"][0] == pytest.approx(single["pretrain"][0], abs=1e-5)
-    for a, b in zip(single["pretrain_micro"][1].values(), single["pretrain"][1].values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert single["micro"][0] == pytest.approx(single[GRPO.loss_agg_mode][0], abs=LOSS)  # as without micro-batches
+    # gradient accumulation as one pass over the whole batch
+    assert single["pretrain_micro"][0] == pytest.approx(single["pretrain"][0], abs=LOSS)
+    assert_same(single["pretrain_micro"][1], single["pretrain"][1])
     for a, b in zip(single["pretrain_micro"][2], single["pretrain"][2]):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(a, b, **GRADS)
     for key in ["pretrain", "pretrain_micro", *LOSS_AGG_MODES, "micro", "sft"]:
         loss, weights, grads = single[key]
+        assert weights["head.weight"].dtype == torch.float64
         for rank in ranks:
-            assert rank[key][0] == pytest.approx(loss, abs=1e-5), key
+            assert rank[key][0] == pytest.approx(loss, abs=LOSS), key
             assert_same(rank[key][1], weights)  # router biases included: they are buffers of the state_dict
         # each rank's final gradient is the all-reduced one: the whole batch's, scale included
         for g_rank, g_single in zip(ranks[0][key][2], grads):
-            torch.testing.assert_close(g_rank, g_single, rtol=1e-4, atol=1e-6, msg=key)
+            torch.testing.assert_close(g_rank, g_single, **GRADS, msg=key)
     # the update did something: a test of equal weights must not pass on weights that never moved
     for key in ("token-mean", "sft"):
-        assert not torch.equal(single[key][1]["head.weight"], fresh_model().state_dict()["head.weight"])
+        assert not torch.equal(single[key][1]["head.weight"], float64_model().state_dict()["head.weight"])
 
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's own default for several processes per machine
@@ -145,6 +160,15 @@ def torchrun(args, nproc=2, timeout=240, script="train.py"):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            str(nproc), script, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=ONE_THREAD)
+
+
+def in_float64(tmp_path, script):
+    """A file that runs the project's `script` with float64 as torch's default dtype (torchrun runs files)."""
+    path = tmp_path / f"float64_{script}"
+    path.write_text(f"import runpy, sys\nimport torch\ntorch.set_default_dtype(torch.float64)\n"
+                    f"sys.path.insert(0, {ROOT!r})\nsys.argv[0] = {script!r}\n"
+                    f"runpy.run_path({os.path.join(ROOT, script)!r}, run_name='__main__')\n")
+    return str(path)
 
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "10", "--pretrain-batch-size", "4",
@@ -178,8 +202,10 @@ def test_two_ranks_resume_a_one_rank_sft_run(tmp_path, monkeypatch):
                             + "\n" for a, b in [(2, 3), (17, 4), (120, 35), (9, 9), (41, 8), (6, 250)]))
     args = ["--init", init, "--data", str(path), "--device", "cpu", "--steps", "4", "--batch-size", "2",
             "--seq-len", "40", "--lr", "1e-3", "--warmup", "0", "--checkpoint-every", "2", "--log-every", "1"]
-    threads = torch.get_num_threads()
+    # in float64 (see WEIGHTS), the float32 checkpoint loaded into float64 models: here, and under torchrun
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
     try:
         sft.main(args + ["--out-dir", str(tmp_path / "a")])  # one process, uninterrupted
         lr_at = sft.lr_at
@@ -192,20 +218,22 @@ def test_two_ranks_resume_a_one_rank_sft_run(tmp_path, monkeypatch):
         monkeypatch.setattr(sft, "lr_at", crash_at_step_2)
         with pytest.raises(KeyboardInterrupt):
             sft.main(args + ["--out-dir", str(tmp_path / "b")])  # one process, interrupted
+        assert load_checkpoint(str(tmp_path / "b" / "sft.pt"))["step"] == 2
+        two = torchrun([*args, "--out-dir", str(tmp_path / "b"), "--resume"], script=in_float64(tmp_path, "sft.py"))
+        assert two.returncode == 0, two.stdout + two.stderr
+        assert two.stdout.count("resumed SFT at step 2") == 1  # rank 0 alone prints
+        a, b = (load_checkpoint(str(tmp_path / run / "sft.pt")) for run in ("a", "b"))
     finally:
         torch.set_num_threads(threads)
-    assert load_checkpoint(str(tmp_path / "b" / "sft.pt"))["step"] == 2
-    two = torchrun([*args, "--out-dir", str(tmp_path / "b"), "--resume"], script="sft.py")
-    assert two.returncode == 0, two.stdout + two.stderr
-    assert two.stdout.count("resumed SFT at step 2") == 1  # rank 0 alone prints
-    a, b = (load_checkpoint(str(tmp_path / run / "sft.pt")) for run in ("a", "b"))
+        torch.set_default_dtype(dtype)
     assert a["step"] == b["step"] == 4 and a["sft_config"] == b["sft_config"]
+    assert a["model"].embed.weight.dtype == b["model"].embed.weight.dtype == torch.float64
     assert_same(b["model"].state_dict(), a["model"].state_dict())
     rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["step"] for r in rows if r["stage"] == "sft"] == [0, 1, 2, 3]  # rank 0 alone writes: each step once
     rows_a = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
     assert [r["loss"] for r in rows if r["stage"] == "sft"] == pytest.approx(
-        [r["loss"] for r in rows_a if r["stage"] == "sft"], abs=1e-5)
+        [r["loss"] for r in rows_a if r["stage"] == "sft"], abs=LOSS)
 
 
 def test_bad_batch_stops_every_rank_with_a_clear_message():

@@ -335,6 +335,15 @@ def test_masked_mean():
 
 # ----------------------------------------------------------------------------- the loop, end to end on a toy task
 
+def float64_model(**overrides):
+    """The tiny model, seeded, in float64: for the tests of two ways to compute one update or one log-prob. In
+    float32 they round differently by CPU (the kernels PyTorch picks for each shape); in float64 they agree to the
+    float32 steps model.py keeps (RMSNorm, the router, the float32 logits and so log-probs and losses)."""
+    from model import Transformer, make_config
+    torch.manual_seed(0)
+    return Transformer(make_config("tiny", **overrides)).double()
+
+
 def test_tiny_grpo_run_raises_reward_on_a_toy_task():
     """Reward 1 when the response starts with a digit (about 20 of the ~450 tokens do, so a few percent of
     random samples): a few dozen GRPO steps must make the tiny random model prefer such answers."""
@@ -370,7 +379,6 @@ def test_overlong_penalty_is_dapo_ramp():
 def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
     """With overlong filtering, a rollout that ran out of budget gets no gradient; the others are unchanged."""
     from grpo import GRPOConfig, GRPOTrainer
-    from model import Transformer, make_config
     from data import stop_token_ids
 
     stop = stop_token_ids()[0]
@@ -380,7 +388,7 @@ def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
     grads = {}
     for keep in (None, torch.tensor([True, False, True, False]), torch.tensor([True, True, True, True])):
         torch.manual_seed(0)
-        model = Transformer(make_config("tiny"))
+        model = float64_model()
         trainer = GRPOTrainer(model, GRPOConfig(group_size=4, max_new_tokens=3, minibatches=1, kl_beta=0.0),
                               torch.device("cpu"))
         trainer.opt.step = lambda: None  # keep the gradient, skip the update
@@ -390,7 +398,7 @@ def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
     assert not torch.allclose(grads[None], grads[(True, False, True, False)])
     # the kept rows alone (the dropped ones given zero advantage and no tokens) give the same gradient
     torch.manual_seed(0)
-    model = Transformer(make_config("tiny"))
+    model = float64_model()
     trainer = GRPOTrainer(model, GRPOConfig(group_size=4, max_new_tokens=3, minibatches=1, kl_beta=0.0),
                           torch.device("cpu"))
     trainer.opt.step = lambda: None
@@ -450,7 +458,6 @@ def test_aha_examples_are_correct_reflective_answers_in_any_language():
 def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
     """Gradient accumulation (micro_batch_rows) gives the minibatch's gradient and loss, whatever the split."""
     from grpo import GRPOConfig, GRPOTrainer
-    from model import Transformer, make_config
 
     g = torch.Generator().manual_seed(0)
     prompts = [[5, 6, 7]] * 4 + [[8, 9]] * 4
@@ -460,7 +467,7 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
     results = []
     for micro_batch_rows in (0, 3, 1):
         torch.manual_seed(0)
-        model = Transformer(make_config("tiny"))
+        model = float64_model()
         cfg = GRPOConfig(group_size=4, max_new_tokens=5, minibatches=1, kl_beta=0.01, loss_agg_mode=mode,
                          max_grad_norm=1e9, micro_batch_rows=micro_batch_rows)
         trainer = GRPOTrainer(model, cfg, torch.device("cpu"))
@@ -470,6 +477,8 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_minibatch(mode):
     (whole, grads), *split = results
     assert any(g.abs().sum() > 0 for g in grads)
     for stats, micro_grads in split:
+        # the loss is float32 (the log-probs are): sums of <= 40 token terms <= ~1.5 in other orders round by
+        # <= (log2(40) + 2) * 2**-24 * 1.5 = 7e-7
         assert stats["loss"] == pytest.approx(whole["loss"], abs=1e-6)
         assert stats["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
         for a, b in zip(micro_grads, grads):
@@ -480,10 +489,9 @@ def test_packed_rows_score_each_token_as_the_row_alone():
     """pack_sequences puts padding only after each row, so the training forward needs no pad mask: every
     completion token's log-prob in the packed batch is the one of its row run alone, unpadded."""
     from grpo import GRPOConfig, GRPOTrainer, pack_sequences
-    from model import Transformer, make_config
 
     torch.manual_seed(0)
-    model = Transformer(make_config("tiny")).eval()
+    model = float64_model().eval()
     trainer = GRPOTrainer(model, GRPOConfig(group_size=2, kl_beta=0.0), torch.device("cpu"))
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in (3, 6, 2, 5)]
@@ -505,10 +513,9 @@ def test_logprobs_by_length_match_one_pass_over_the_padded_batch():
     """The no-grad passes (behaviour and reference log-probs) run in chunks of similar length, each cut after its
     longest row: every response token's log-prob is the one of a single pass over the whole padded batch."""
     from grpo import GRPOConfig, GRPOTrainer, pack_sequences, row_ends
-    from model import Transformer, make_config
 
     torch.manual_seed(0)
-    model = Transformer(make_config("tiny")).eval()
+    model = float64_model().eval()
     trainer = GRPOTrainer(model, GRPOConfig(group_size=2, kl_beta=0.0), torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 400, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (7,), generator=g)]
@@ -552,7 +559,7 @@ def rollout_batch(n_prompts=2, group_size=4, seed=0):
     return prompts, completions, torch.rand(n_prompts, group_size, generator=g).round()
 
 
-def one_update(device, compile_blocks, max_seq_len=640, compile_context=None):
+def one_update(device, compile_blocks, max_seq_len=640, compile_context=None, dtype=torch.float32):
     """A tiny model's gradient from one GRPO update on rollout_batch (one minibatch of 4 micro-batches, the
     optimizer step skipped), the update's statistics, and the model. compile_blocks: as engine.speed_up_grpo sets
     the trainer up, through compile_context (default: engine.compiled_blocks)."""
@@ -561,7 +568,7 @@ def one_update(device, compile_blocks, max_seq_len=640, compile_context=None):
     from model import Transformer, make_config
 
     torch.manual_seed(0)
-    model = Transformer(make_config("tiny", max_seq_len=max_seq_len)).to(device)
+    model = Transformer(make_config("tiny", max_seq_len=max_seq_len)).to(device, dtype)
     cfg = GRPOConfig(group_size=4, minibatches=1, micro_batch_rows=2, kl_beta=0.01, max_grad_norm=1e9)
     trainer = GRPOTrainer(model, cfg, torch.device(device))
     if compile_blocks:
@@ -581,8 +588,8 @@ def test_padding_rows_to_the_context_changes_no_update(monkeypatch):
 
     widths, pack = [], grpo.pack_sequences
     monkeypatch.setattr(grpo, "pack_sequences", lambda *args: widths.append(args[3]) or pack(*args))
-    longest, stats_longest, _ = one_update("cpu", compile_blocks=False)
-    context, stats_context, _ = one_update("cpu", compile_blocks=True, max_seq_len=24,
+    longest, stats_longest, _ = one_update("cpu", compile_blocks=False, dtype=torch.float64)
+    context, stats_context, _ = one_update("cpu", compile_blocks=True, max_seq_len=24, dtype=torch.float64,
                                            compile_context=lambda model: contextlib.nullcontext())
     assert widths[0] < widths[1] == 25
     assert stats_context["loss"] == pytest.approx(stats_longest["loss"], rel=1e-5, abs=1e-7)

@@ -19,3 +19,15 @@ def test_torch_is_a_lower_bound_and_ci_pins_a_version_that_meets_it():
     pinned = next(iter(pins["torch"].specifier)).version
     assert torch_req.specifier.contains(pinned)
     assert "-r requirements.txt -c .ci/constraints.txt" in open(os.path.join(ROOT, ".ci/run")).read()
+
+
+def test_triton_is_asked_for_only_where_it_installs():
+    # Triton publishes wheels for Linux only: on macOS or Windows `pip install -r requirements.txt` must not ask
+    # for it (the plain PyTorch paths run there), on Linux it must (the GPU kernels, and their tests)
+    reqs = requirements("requirements.txt")
+    wanted = lambda req, platform: req.marker is None or req.marker.evaluate({"sys_platform": platform})
+    assert wanted(reqs["triton"], "linux")
+    assert not wanted(reqs["triton"], "darwin") and not wanted(reqs["triton"], "win32")
+    # everything else installs everywhere
+    assert all(wanted(req, platform) for name, req in reqs.items() if name != "triton"
+               for platform in ("linux", "darwin", "win32"))
