@@ -2,13 +2,14 @@
 Make the CPU setup's base model again with the project's own command, and say whether it matches the committed
 one, bases/cpu.pt:
 
-    python bases/regenerate.py                 # ~30 minutes on 2 CPU cores; --device cuda: about a minute
+    python bases/regenerate.py                 # about a minute on a GPU; ~30 minutes on 2 CPU cores
 
 It runs `python train.py --setup cpu --base pretrain --rl-steps 0 --seed 0` (the CPU setup's pretraining, then the
 base's held-out evaluation) into --out-dir, then compares the two checkpoints: the largest difference of any
-weight, and the next-token loss of both on the same held-out corpus windows. Bit-equal weights need the same
-device, PyTorch build and thread count as bases/README.md records; elsewhere rounding differs from the first step
-on and the weights drift apart, and the loss says whether the regenerated base is as good.
+weight, and the next-token loss of both on the same held-out corpus windows. Bit-equal weights need the device,
+PyTorch build and GPU kernels that bases/README.md records (GPU training is not bit-reproducible even there);
+elsewhere rounding differs from the first step on and the weights drift apart, and the loss says whether the
+regenerated base is as good.
 """
 
 import argparse
@@ -33,7 +34,7 @@ def held_out_loss(model, windows=64, seq_len=256, seed=12_345):
     """Mean next-token loss on corpus windows of another seed than the base's (seed 0)."""
     cfg = load_checkpoint(COMMITTED)["train_config"]["corpus"]
     stream = torch.tensor(data.corpus_tokens(windows * (seq_len + 1), seed=seed, cfg=data.CorpusConfig(**cfg)))
-    batch = stream.view(windows, seq_len + 1)
+    batch = stream[:windows * (seq_len + 1)].view(windows, seq_len + 1)
     logits = model.eval()(batch[:, :-1])
     return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
 
@@ -47,7 +48,7 @@ def compare(path_a, path_b):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="out/cpu-base", help="where the new base and its metrics go")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compare-only", action="store_true", help="compare --out-dir's base.pt, train nothing")
     args = parser.parse_args()
     if not args.compare_only:
