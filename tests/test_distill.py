@@ -167,7 +167,7 @@ def test_students_with_a_weaker_prior_beside_the_same_corpus(tmp_path, monkeypat
     """--student-reflect-scales 1 0.1: a second set of students pretrained on the teacher's corpus with 10x fewer
     reflect answers, in students_reflect0.1/, summed up beside the same-corpus ones, one figure panel each."""
     teacher = make_teacher(str(tmp_path / "teacher"))
-    monkeypatch.setattr(rejection, "Decoder", SolvingDecoder)
+    monkeypatch.setattr(rejection.engine, "decoder_for", lambda model: SolvingDecoder(model).generate)
     out = tmp_path / "distill"
     results = distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--distill-rl-steps", "0",
                             "--student-reflect-scales", "1", "0.1"])

@@ -10,7 +10,7 @@ import pytest
 matplotlib.use("Agg")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ["learning_curves.ipynb", "aha_moment.ipynb"]
-COMMITTED = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "metrics.jsonl")))
+COMMITTED = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "*", "metrics.jsonl")))
 
 
 def run_notebook(path, results):

@@ -52,11 +52,13 @@ R1_ZERO = ["--preset", "tiny", "--device", "cpu", "--pretrain-steps", "20", "--p
            "--pretrain-checkpoint-every", "5", "--log-every", "1", "--rl-steps", "6", "--rl-prompts-per-step", "2",
            "--rl-group-size", "2", "--rl-max-new-tokens", "16", "--rl-minibatches", "2", "--checkpoint-every", "2",
            "--eval-problems", "1", "--eval-samples", "2"]
-# the R1 recipe on R1-Zero's base model: a few steps of each stage, no evaluation
+# the R1 recipe on R1-Zero's base model: a few steps of each stage, no evaluation; the corpus writer's cold start
+# (a tiny R1-Zero has no correct answer to make readable)
 R1 = R1_ZERO + ["--eval-problems", "0", "--recipe", "r1", "--r1-coldstart-examples", "6", "--r1-sft-batch-size", "1",
                 "--r1-sft-seq-len", "256", "--r1-sft-checkpoint-every", "2", "--r1-coldstart-epochs", "1",
                 "--r1-reasoning-rl-steps", "4", "--r1-final-rl-steps", "4", "--r1-rejection-problems", "4",
-                "--r1-rejection-samples-per-prompt", "2", "--r1-rejection-keep-per-prompt", "1"]
+                "--r1-rejection-samples-per-prompt", "2", "--r1-rejection-keep-per-prompt", "1",
+                "--r1-coldstart-source", "oracle"]
 
 
 # -----------------------------------------------------------------------------

@@ -214,7 +214,7 @@ R1_TINY = TINY + ["--recipe", "r1", "--log-every", "1", "--pretrain-steps", "20"
                   "--eval-samples", "2", "--r1-coldstart-examples", "4", "--r1-sft-batch-size", "1",
                   "--r1-sft-seq-len", "320", "--r1-sft-checkpoint-every", "2", "--r1-reasoning-rl-steps", "3",
                   "--r1-final-rl-steps", "3", "--r1-rejection-problems", "3", "--r1-rejection-samples-per-prompt",
-                  "2", "--r1-rejection-keep-per-prompt", "1"]
+                  "2", "--r1-rejection-keep-per-prompt", "1", "--r1-coldstart-source", "oracle"]
 
 
 class Crash(Exception):
@@ -316,7 +316,7 @@ def test_r1_config_flags(capsys):
     cfg = train.parse_args(["--recipe", "r1", "--r1-language-weight", "0.5", "--r1-rsft-epochs", "3"])
     assert cfg.recipe == "r1" and cfg.r1.language_weight == 0.5 and cfg.r1.rsft_epochs == 3
     assert train.parse_args([]).recipe == "r1-zero"
-    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("oracle", "base", 0.0)
+    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "base", 0.0)
     cfg = train.parse_args(["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--r1-rsft-from", "reasoner",
                             "--r1-final-rl-lr", "1e-5", "--r1-coldstart-giveup-fraction", "0.1"])
     assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "reasoner", 1e-5)
