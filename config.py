@@ -129,9 +129,9 @@ class TrainConfig:
     eager: Annotated[bool, "train without torch.compile (on a GPU: the blocks of the training forwards)"] = False
     base: Annotated[str, "pretrain: pretrain the base model; else a base checkpoint to start RL from"] = "pretrain"
     # pretraining on the synthetic corpus
-    # 1600 steps of 64 x 640 tokens: the tokens of the earlier 2000 x 512, in windows of the model's whole context,
-    # the shape of the GRPO update's micro-batches, which then run the code compiled here (engine.compiled_blocks).
-    # Fewer tokens miss: RL from 1000 x 512 missed the targets on 3 seeds of 3 (65bf498: pass@1 69%, 47%, 28%)
+    # 1600 steps of 64 x 640 tokens (65.5M), in windows of the model's whole context: the shape of the GRPO update's
+    # micro-batches, which then run the code compiled here (engine.compiled_blocks). Half as many tokens leave a base
+    # from which RL misses the reproduction targets (pass@1 28-69% on 3 seeds)
     pretrain_steps: Annotated[int, "optimizer steps of pretraining"] = 1600
     pretrain_batch_size: Annotated[int, "windows per step, global: split over the ranks under torchrun"] = 64
     pretrain_micro_batch_size: Annotated[int, "windows per forward/backward on each rank, gradients accumulated (0: "
@@ -140,11 +140,11 @@ class TrainConfig:
     pretrain_lr: Annotated[float, "peak learning rate (AdamW), then cosine down to 10%"] = 2e-3
     pretrain_warmup: Annotated[int, "steps of linear warmup"] = 100
     pretrain_unique_tokens: Annotated[int, "corpus tokens generated, then cycled"] = 20_000_000
-    # a checkpoint (weights and AdamW state, ~0.5 GB for small) takes ~0.75 s to write on an H100 host: every 100
-    # steps that was 15 s of a 4-minute run; every 1000 a crash loses at most ~30 s of pretraining
+    # a checkpoint (weights and AdamW state, ~0.5 GB for small) takes ~0.75 s to write on an H100 host: every 1000
+    # steps costs little, and a crash loses at most ~30 s of pretraining
     pretrain_checkpoint_every: Annotated[int, "pretraining steps between checkpoints"] = 1000
     # R1-Zero RL
-    # 100 reach every reproduction target on 3 seeds (results/README.md); 120, the earlier default, cost ~27 s more
+    # 100 reach every reproduction target on 3 seeds (results/README.md)
     rl_steps: Annotated[int, "GRPO steps of R1-Zero's RL"] = 100
     rl_prompts_per_step: Annotated[int, "problems per RL step, global (x group_size = 512 rollouts, one decode "
                                    "batch)"] = 64

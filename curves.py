@@ -20,7 +20,7 @@ def growth(rows, key):
 
 def steps_to_accuracy(rows, threshold=0.7, window=10):
     """The first RL step at which the mean rollout accuracy of the last `window` steps reaches `threshold`, or
-    None: how fast RL gets going (issue 15 compares R1's cold-started stage 2 with R1-Zero by it)."""
+    None: how fast RL gets going (R1's cold-started stage 2 beside R1-Zero, say)."""
     accuracy = [r["accuracy"] for r in rows]
     for end in range(window, len(accuracy) + 1):
         if sum(accuracy[end - window:end]) / window >= threshold:

@@ -33,7 +33,7 @@ Pretraining corpus (the base model's whole world)
     amplify them: response length and reflection rate grow as accuracy rises (R1-Zero's "aha moment").
     Arithmetic documents (15% of all) drill the step-by-step computations the checks rely on.
 
-Second language (off by default; for R1-Zero's language mixing, DeepSeek-R1 sec. 2.3)
+Second language (for R1-Zero's language mixing, DeepSeek-R1 sec. 2.3)
     The reasoning words of a Countdown response ("Guess", "Try", "Wait, 23 is not 24.", "Let me verify") can
     be written in a second language instead, German in ASCII (languages.py): "Warte, 23 ist nicht 24.",
     "Lass mich pruefen: 24 = 24.". Each document's response picks one language for its whole CoT, with
@@ -41,8 +41,9 @@ Second language (off by default; for R1-Zero's language mixing, DeepSeek-R1 sec.
     prompts, numbers and tags stay English. With reflect responses mostly German and the others English, the
     behaviour RL amplifies comes in the other language than the prompt's: mixing can then emerge from a reward
     that checks only correctness, as R1-Zero's does, rather than from the template. rewards.language_consistency
-    measures it. The fixed tokenizer spells the new words with byte-level pieces. Both probabilities default
-    to 0, and the random draw is skipped at 0, so the default corpus is the same byte for byte as before.
+    measures it. The fixed tokenizer spells the new words with byte-level pieces. By default 90% of the reflect
+    responses reason in German and the others in English; at 0 the random draw is skipped, so an English-only
+    corpus (the CPU setup's) is the one this generator writes without the option.
 """
 
 import array
@@ -329,7 +330,7 @@ class CorpusConfig:
                          "them)"] = 0.1
     p_correct: Annotated[float, "chance a candidate is a solution: bases ~22% (at 0.25 they reached 26%)"] = 0.15
     max_attempts: Annotated[int, "the reflect style gives up after this many misses"] = 10
-    # R1-Zero's language mixing (issue 15): most reflect answers reason in German while prompts and the other styles
+    # R1-Zero's language mixing: most reflect answers reason in German while prompts and the other styles
     # are English, so that the reflection RL amplifies pulls the CoT into the second language
     p_second_language_reflect: Annotated[float, "share of reflect responses reasoning in the second language"] = 0.9
     p_second_language_other: Annotated[float, "share of guess and try responses reasoning in the second language"] = 0.0

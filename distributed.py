@@ -93,9 +93,8 @@ def setup(device="auto", backend="auto"):
 
 
 def cleanup():
-    """Leave the process group together. A rank that left while its peer was still working (rank 0 writes the
-    plots) sometimes aborted at exit, after destroy_process_group ("terminate called without an active exception"
-    from gloo): 5 of 40 two-process CPU runs of train.py on 2 cores without the barrier, 0 of 40 with it."""
+    """Leave the process group together: a rank that leaves while its peer is still working (rank 0 writes the
+    plots) can abort at exit in gloo, after destroy_process_group ("terminate called without an active exception")."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -125,24 +125,33 @@ def make_coldstart_set(cfg: TrainConfig, zero=None):
     return examples, stats
 
 
-def coldstart_examples(cfg: TrainConfig, paths, log, zero=None):
-    """Sec. 2.3.1's cold-start data (make_coldstart_set), written to coldstart.jsonl so that a resumed run trains on
-    the same set without making it again, its length distribution logged (a "coldstart_set" row). Rank 0 alone
-    makes it (R1-Zero's sampling is single-process); the other ranks wait, then read the file."""
-    path, ok, err = paths["coldstart.jsonl"], 1.0, None
+def examples_made_once(path, stage, make, cfg: TrainConfig, paths, log, failure):
+    """The SFT examples of a stage's data file, made once: rank 0 calls make() -> (examples as {"question",
+    "completion", ...} dicts, stats) unless a resumed run already has the file at `path`, logs the stats as a `stage`
+    row (an earlier, unfinished try's row goes) and writes the file atomically; the other ranks wait (make() is
+    single-process), then every rank reads the file. A ValueError from make() stops the run with `failure: why`."""
+    ok, err = 1.0, None
     if distributed.is_main() and not (cfg.resume and os.path.exists(path)):
+        drop_rows_from([paths["metrics.jsonl"]], 0, [stage])
         try:
-            examples, stats = make_coldstart_set(cfg, zero)
-            log({"stage": "coldstart_set", **stats})
+            examples, stats = make()
+            log({"stage": stage, **stats})
             with open(path + ".tmp", "w") as f:
                 f.writelines(json.dumps(example) + "\n" for example in examples)
             os.replace(path + ".tmp", path)
         except ValueError as error:
             ok, err = 0.0, error
     if not distributed.all_reduce_metrics({"ok": ok}, "min")["ok"]:  # also the other ranks' wait for the file
-        raise SystemExit(f"coldstart SFT ({cfg.r1.coldstart_source} source): {err or 'failed on rank 0'}")
+        raise SystemExit(f"{failure}: {err or 'failed on rank 0'}")
     return [example_from_text(data.make_prompt(obj["question"]), obj["completion"])
             for _, obj in data.jsonl_objects(path)]
+
+
+def coldstart_examples(cfg: TrainConfig, paths, log, zero=None):
+    """Sec. 2.3.1's cold-start data (make_coldstart_set), written to coldstart.jsonl so that a resumed run trains on
+    the same set without making it again, its length distribution logged (a "coldstart_set" row)."""
+    return examples_made_once(paths["coldstart.jsonl"], "coldstart_set", lambda: make_coldstart_set(cfg, zero), cfg,
+                              paths, log, f"coldstart SFT ({cfg.r1.coldstart_source} source)")
 
 
 def coldstart_made(cfg: TrainConfig, paths):
@@ -171,28 +180,16 @@ def non_reasoning_examples(n, seed):
 def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
     """Sec. 2.3.3's SFT set: the stage-2 model's finished, correct, single-language, not overlong answers to RL
     problems (rejection.py), plus non-reasoning examples (--r1-non-reasoning-fraction of the set). The kept
-    answers go to rejection.jsonl, so that a resumed run trains on the same set without sampling again.
-    Rank 0 alone samples (rejection.py is single-process); the other ranks wait, then read the file."""
-    path, ok, err = paths["rejection.jsonl"], 1.0, None
-    if distributed.is_main() and not (cfg.resume and os.path.exists(path)):
-        drop_rows_from([paths["metrics.jsonl"]], 0, ["rejection"])  # the sampling is redone: its row goes
+    answers go to rejection.jsonl, so that a resumed run trains on the same set without sampling again."""
+    def sample():
         rows = data.problem_rows("train", cfg.r1.rejection_problems, cfg.seed, cfg.train_data)
         rej_cfg = RejectionConfig(samples_per_prompt=cfg.r1.rejection_samples_per_prompt,
                                   max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.grpo.temperature,
                                   keep_per_prompt=cfg.r1.rejection_keep_per_prompt, seed=cfg.seed,
                                   max_tokens=max(1, int(cfg.r1.rejection_max_tokens_frac * cfg.grpo.max_new_tokens)))
-        try:
-            kept, stats = rejection_sample(model, rows, rej_cfg)
-            log({"stage": "rejection", **stats})
-            with open(path + ".tmp", "w") as f:
-                f.writelines(json.dumps(example) + "\n" for example in kept)
-            os.replace(path + ".tmp", path)
-        except ValueError as error:
-            ok, err = 0.0, error
-    if not distributed.all_reduce_metrics({"ok": ok}, "min")["ok"]:  # also the other ranks' wait for the file
-        raise SystemExit(f"rejection sampling (R1 stage 3): {err or 'failed on rank 0'}")
-    examples = [example_from_text(data.make_prompt(obj["question"]), obj["completion"])
-                for _, obj in data.jsonl_objects(path)]
+        return rejection_sample(model, rows, rej_cfg)
+    examples = examples_made_once(paths["rejection.jsonl"], "rejection", sample, cfg, paths, log,
+                                  "rejection sampling (R1 stage 3)")
     f = cfg.r1.non_reasoning_fraction
     return examples + non_reasoning_examples(round(f / (1 - f) * len(examples)), cfg.seed)
 

@@ -239,7 +239,7 @@ def swiglu_experts(x, w13, w2, gate=None, experts=0, expert_hidden=1):
     every routed expert's (each scaled by the token's gate, 0 for the experts the router did not pick) followed by
     the shared experts': the router in one kernel, then two matmuls with one kernel between them.
     x [N, dim]; w13 [2F, dim]: the gate projections of all F hidden units, then their up projections
-    (model.MoE.pack_for_decoding); w2 [dim, F]; gate: the model.Gate, its first `experts` x `expert_hidden`
+    (engine.decoder.FusedMoE.pack); w2 [dim, F]; gate: the model.Gate, its first `experts` x `expert_hidden`
     units the routed experts'."""
     x = x.contiguous()
     N, dim = x.shape
@@ -283,10 +283,10 @@ def _sample_step_kernel(logits_ptr, stride_l, V, inv_temperature, seed_ptr, t_pt
 
 
 def sample_step(logits, temperature, seed, t, row_of, budget, done, tokens, out, stops):
-    """sample.Decoder's step epilogue in one kernel, for temperature sampling without a nucleus (top-p 1) and for
-    greedy decoding (temperature 0): for each of the B rows of logits [B, V], draw its token, write it to
-    out[row_of[row], t], set tokens[row] to it and done[row] once it is one of `stops` or step t was the row's last
-    of `budget`. seed and t: [1] long tensors on the device (CUDA-graph safe); the caller advances t."""
+    """The Decoder's step epilogue (engine/decoder.py) in one kernel, for temperature sampling without a nucleus
+    (top-p 1) and for greedy decoding (temperature 0): for each of the B rows of logits [B, V], draw its token, write
+    it to out[row_of[row], t], set tokens[row] to it and done[row] once it is one of `stops` or step t was the row's
+    last of `budget`. seed and t: [1] long tensors on the device (CUDA-graph safe); the caller advances t."""
     B, V = logits.shape
     assert logits.stride(1) == 1 and out.stride(1) == 1
     _sample_step_kernel[(B,)](
