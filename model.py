@@ -32,13 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Module switches, read at call time: set them before a run, or in a test or benchmark.
 # A MoE layer given at most DENSE_MAX_TOKENS tokens (a decoding step) runs every expert on every token and weights
 # them by the gates (MoE.routed_dense); more tokens are grouped by expert (MoE.routed_grouped).
 DENSE_MAX_TOKENS = 1024
-# routed_grouped's grouped GEMM where the GPU has one (torch._grouped_mm: bf16, sm90+); False: one matmul per expert,
-# to compare against
-GROUPED_MM = True
 
 
 @dataclass
@@ -367,8 +363,8 @@ class MoE(nn.Module):
 
 
 def use_grouped_mm(x):
-    return (x.is_cuda and hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(x.device)[0] >= 9
-            and GROUPED_MM)
+    """Whether routed_grouped runs a grouped GEMM: where the GPU has one (torch._grouped_mm: bf16, sm90+)."""
+    return x.is_cuda and hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(x.device)[0] >= 9
 
 
 class Block(nn.Module):

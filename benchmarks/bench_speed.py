@@ -13,8 +13,8 @@ and for an earlier commit's code (its Decoder, kept across calls, or before 7104
 time of one decoding step with every row live, at 8, 64 and 512 rows, with and without the fused kernels.
 
 Rollouts: tokens/s generating 256 new tokens (sampling, no early stop) from Countdown prompts at batch 64 and 256,
-for (1) the engine's Decoder (engine/decoder.py: bf16, fused kernels, CUDA graphs), (2) the same model without a cache (a full
-forward pass per new token), and (3) transformers' `generate` on a Mixtral-style MoE of the same shape
+for (1) the engine's Decoder (engine/decoder.py: bf16, fused kernels, CUDA graphs), (2) the same model without a
+cache (a full forward pass per new token), and (3) transformers' `generate` on a Mixtral-style MoE of the same shape
 (hidden size, layers, heads, 16 experts of the same width, top-2) built from a config with random weights.
 Policy update on the same workload: one no-grad log-prob pass padded to the longest row against length-sorted
 chunks, and the whole GRPO update, eager and through compiled blocks (as train.py runs it on a GPU).

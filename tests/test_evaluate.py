@@ -67,8 +67,8 @@ def test_evaluate_says_why_answers_do_not_finish(monkeypatch):
     loop = "<think> Try 3 * 7 + 11: 3 * 7 = 21, 21 + 11 = 32. Wait, 32 is not 54. Try 3 * 7 + 11: 3 * 7 = 21,"
     answers = [loop,
                loop + " 21 + 11 = 32. Wait. </think> <answer> 3 * 7 + 11 </answer>",
-               "<think> Try (11 + 7) * 3: 11 + 7 = 18, 18 * 3 = 54. Let me verify: 54 = 54. Summary: (11 + 7) * 3 = 54. "
-               "</think> <answer> (11 + 7) * 3 </answer>",
+               "<think> Try (11 + 7) * 3: 11 + 7 = 18, 18 * 3 = 54. Let me verify: 54 = 54. "
+               "Summary: (11 + 7) * 3 = 54. </think> <answer> (11 + 7) * 3 </answer>",
                "<think> Guess: (11 + 7) * 3. </think> <answer> (11 + 7) * 3 </answer>"]
     stop = data.stop_token_ids()[0]
     completions = [[1, 2], [1, stop], [1, stop], [stop]]  # only their last tokens matter here

@@ -214,8 +214,8 @@ def test_mla_absorbed_decode_equals_naive_decode_and_the_uncached_forward():
         n, _ = decode_logits(naive, prompts, steps=6, dtype=torch.float64)
     assert rel_err(a, n) < 1e-5 and rel_err(a, full) < 1e-5 and rel_err(n, full) < 1e-5
     absorb, naive = absorb.float(), naive.float()
-    # with float32 weights under bf16 autocast with a bf16 cache (how sample.py decodes on a GPU) the two paths round differently,
-    # but both stay within bf16 rounding of the float32 logits
+    # with float32 weights under bf16 autocast with a bf16 cache (a bf16 decode on a GPU) the two paths round
+    # differently, but both stay within bf16 rounding of the float32 logits
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         a16, _ = decode_logits(absorb, prompts, steps=6, dtype=torch.bfloat16)
         n16, _ = decode_logits(naive, prompts, steps=6, dtype=torch.bfloat16)
