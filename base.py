@@ -37,9 +37,8 @@ def load_base(cfg: TrainConfig, device):
 def pretrain_base(cfg: TrainConfig, device, log, paths, first_row=None):
     """The base model of cfg.preset: with cfg.resume the finished paths["base.pt"], or pretraining continued from
     an interrupted paths["pretrain.pt"]; else the checkpoint cfg.base, unless it says pretrain; otherwise pretrained
-    from scratch. Logs `first_row`, the run's config
-    row, at every start, so that a resumed run's metrics name each command and commit that wrote them. Saves
-    base.pt when pretraining ends."""
+    from scratch. Logs `first_row`, the run's config row, at every start, so that a resumed run's metrics name each
+    command and commit that wrote them. Saves base.pt when pretraining ends."""
     main_rank = distributed.is_main()
     say = print if main_rank else (lambda *args: None)
     if first_row is not None:

@@ -385,7 +385,8 @@ class GRPOTrainer:
         with self.update_context():
             for _ in range(cfg.epochs):  # μ passes over the batch
                 for idx in minibatch_rows(len(reward), cfg.group_size, cfg.minibatches, self.split_rng):
-                    logs.append(self.minibatch_step(tokens, mask, advantages, old_logp, ref_logp, idx.to(self.device)))
+                    idx = idx.to(self.device)
+                    logs.append(self.minibatch_step(tokens, mask, advantages, old_logp, ref_logp, idx))
         summary = {key: sum(log[key] for log in logs) / len(logs) for key in logs[0] if logs[0][key] is not None}
         return distributed.reduce_stats(summary, STAT_REDUCE)
 
@@ -446,8 +447,8 @@ class GRPOTrainer:
         return out
 
 
-# how a statistic of micro-batches or ranks makes one: loss and pg_loss are shares that add up, the rest per-part
-# means
+# how a statistic of micro-batches or ranks makes one: loss and pg_loss are shares that add up, the longest answer
+# and the slowest rank's times are maxima, the rest per-part means
 STAT_REDUCE = {"loss": "sum", "pg_loss": "sum", "ratio_max": "max", "response_len_max": "max", "rollout_s": "max",
                "train_s": "max"}
 

@@ -37,6 +37,21 @@ def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
     return (probs / clocks).argmax(-1)
 
 
+def budgets_of(model, prompts, max_new_tokens):
+    """Each prompt's budget of new tokens (max_new_tokens: one for all rows, or one per row), once the request is
+    checked: every prompt has a token, every budget one, and the longest prompt with the largest budget fits the
+    model's context."""
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if len(budgets) != len(prompts) or min(budgets) < 1:
+        raise ValueError("max_new_tokens must be >= 1 (one value, or one per prompt)")
+    P, N = max(len(p) for p in prompts), max(budgets)
+    if P + N > model.cfg.max_seq_len:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds max_seq_len {model.cfg.max_seq_len}")
+    return budgets
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=None, generator=None):
     """Sample a completion for each prompt (a list of token-id lists). max_new_tokens is one budget for all rows
@@ -46,15 +61,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     The prompts are left-padded to one length and run through the model once (the prefill), filling the KV
     cache; then each step feeds every unfinished row its last token and samples the next. A row that stops is
     dropped from the batch and from the cache."""
-    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if len(budgets) != len(prompts) or min(budgets) < 1:
-        raise ValueError("max_new_tokens must be >= 1 (one value, or one per prompt)")
+    budgets = budgets_of(model, prompts, max_new_tokens)
     stop_ids = set(stop_token_ids() if stop_ids is None else stop_ids)
     B, P, N = len(prompts), max(len(p) for p in prompts), max(budgets)
-    if P + N > model.cfg.max_seq_len:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds max_seq_len {model.cfg.max_seq_len}")
     device = next(model.parameters()).device
     tokens = torch.tensor([[pad_token_id()] * (P - len(p)) + p for p in prompts], device=device)
     real = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts], device=device)

@@ -177,7 +177,7 @@ def main(cfg: TrainConfig):
                 if device.type == "cuda" else "cpu", "torch": torch.__version__, "commit": git_commit(),
                 "command": shlex.join(["python", "train.py", *sys.argv[1:]]), "world_size": world}
 
-    phase_wall_s, t_phase = {}, [t_start]  # where this process's time went (eval.json), for the speed issue
+    phase_wall_s, t_phase = {}, [t_start]  # where this process's time went, per phase (eval.json)
 
     def phase_done(name):
         now = time.time()
@@ -188,10 +188,12 @@ def main(cfg: TrainConfig):
     model = pretrain_base(cfg, device, log, paths, first_row=run_info)
     phase_done("pretraining")  # with the corpus's generation, the model's set-up and the checkpoint
 
+    evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     arithmetic_rows = data.arithmetic_rows(cfg.eval_arithmetic_problems, cfg.seed)
 
-    def evaluate_model(stage_model):
-        """The held-out evaluation of a model (evaluate.py), with its pass@1 on "Compute ..." problems beside."""
+    def evaluate_model(name, stage_model):
+        """evals[name]: the held-out evaluation of a model (evaluate.py), with its pass@1 on "Compute ..." problems
+        beside, printed without its example answers."""
         result = evaluate(stage_model, test_rows, cfg.eval_samples, cfg.grpo.max_new_tokens, cfg.eval_temperature,
                           cfg.eval_top_p)
         if arithmetic_rows:
@@ -199,12 +201,11 @@ def main(cfg: TrainConfig):
                                   cfg.eval_temperature, cfg.eval_top_p)
             result.update({"arithmetic_" + key: arithmetic[key] for key in
                            ("pass@1", "format_rate", "truncated_rate", "mean_response_tokens", "example")})
-        return result
+        evals[name] = result
+        say(f"{'RL' if name == 'rl' else name} model:", {k: v for k, v in result.items() if not k.endswith("example")})
 
-    evals = json.load(open(paths["eval.json"])) if cfg.resume and os.path.exists(paths["eval.json"]) else {}
     if "base" not in evals and cfg.eval_problems:
-        evals["base"] = evaluate_model(model)
-        say("base model:", {k: v for k, v in evals["base"].items() if not k.endswith("example")})
+        evaluate_model("base", model)
         if main_rank:
             json.dump(evals, open(paths["eval.json"], "w"), indent=2)
     phase_done("base_eval")
@@ -213,8 +214,7 @@ def main(cfg: TrainConfig):
         def evaluate_as(name, stage_model, t0):
             """Evaluate a stage's model once (a resumed run keeps the eval.json entry) and add up its wall time."""
             if name not in evals and cfg.eval_problems:
-                evals[name] = evaluate_model(stage_model)
-                say(f"{name} model:", {k: v for k, v in evals[name].items() if not k.endswith("example")})
+                evaluate_model(name, stage_model)
             wall = evals.setdefault("stage_wall_s", {})
             wall[name] = wall.get(name, 0.0) + time.time() - t0  # summed over the runs that reached its end
             if main_rank:
@@ -231,8 +231,7 @@ def main(cfg: TrainConfig):
 
         # 3. Evaluate the RL model on the same held-out problems
         if cfg.rl_steps and cfg.eval_problems:
-            evals["rl"] = evaluate_model(model)
-            say("RL model:  ", {k: v for k, v in evals["rl"].items() if not k.endswith("example")})
+            evaluate_model("rl", model)
         phase_done("rl_eval")
         rl_stages = ("rl",)
     if main_rank:

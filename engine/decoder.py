@@ -28,7 +28,7 @@ import torch
 
 import model as plain
 from data import get_tokenizer, pad_token_id, stop_token_ids
-from sample import sample_next
+from sample import budgets_of, sample_next
 
 
 # -----------------------------------------------------------------------------
@@ -263,15 +263,9 @@ class Decoder:
         """sample.generate's contract: a completion for each prompt (a list of token-id lists); max_new_tokens is
         one budget for all rows or a list with one per row; each completion ends with its stop token unless it ran
         out of its budget."""
-        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        if len(budgets) != len(prompts) or min(budgets) < 1:
-            raise ValueError("max_new_tokens must be >= 1 (one value, or one per prompt)")
+        budgets = budgets_of(self.model, prompts, max_new_tokens)
         stop_ids = stop_token_ids() if stop_ids is None else stop_ids
         B, P, N = len(prompts), max(len(p) for p in prompts), max(budgets)
-        if P + N > self.model.cfg.max_seq_len:
-            raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds max_seq_len {self.model.cfg.max_seq_len}")
         rows = bucket(B)  # rows past B are placeholders, finished from the start
         slots = -(-(P + N) // SLOT_BUCKET) * SLOT_BUCKET
         if rows > self.rows or slots > self.slots:
