@@ -113,8 +113,8 @@ def students_folder(reflect_scale):
 
 
 def student_corpus(teacher_corpus, reflect_scale):
-    """The students' corpus: the teacher's, with p_reflect times reflect_scale (the rest of a corpus without
-    reflect answers are guesses and tries, as before). Stops clearly if that is no valid corpus."""
+    """The students' corpus: the teacher's, with p_reflect times reflect_scale (the answers taken from reflect
+    become guesses; tries keep their share). Stops clearly if that is no valid corpus."""
     corpus = replace(teacher_corpus, p_reflect=teacher_corpus.p_reflect * reflect_scale)
     try:
         corpus.validate()
