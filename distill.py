@@ -245,8 +245,7 @@ class Student:
 
     def rl(self, stage, init, steps):
         """GRPO from checkpoint `init` for `steps` steps into stage.pt; run_rl resumes from stage.pt itself."""
-        path = self.paths[stage + ".pt"]
-        if os.path.exists(path) and load_checkpoint(path)["step"] >= steps:
+        if self.finished(stage, steps):
             return
         model = self.load(init)
         run_rl(model, self.cfg, self.device, self.log, self.paths, self.train_rows, stage=stage, steps=steps)
@@ -276,7 +275,16 @@ class Student:
         sft(model, examples, self.sft_cfg, self.device, self.log, save, start, opt_state)
         self.save("distilled.pt", model, sft_config=asdict(self.sft_cfg), data_sha=teacher_sha)
 
-    def run(self, teacher_jsonl, teacher_sha):
+    def finished(self, stage, steps):
+        """Whether the RL stage's checkpoint holds all its steps."""
+        path = self.paths[stage + ".pt"]
+        return os.path.exists(path) and load_checkpoint(path)["step"] >= steps
+
+    def run(self, teacher_jsonl, teacher_sha, provenance):
+        """The four stages, each skipped once made. A start with work left logs a config row first, as train.py's
+        starts do: the student's recipe, and the commit, command and device of the process (`provenance`)."""
+        if not self.finished("distilled_rl", self.distill_rl_steps):
+            self.log({"stage": "config", "config": asdict(self.cfg), "torch": torch.__version__, **provenance})
         self.base()
         self.rl("rl", "base.pt", self.cfg.rl_steps)
         self.distilled(teacher_jsonl, teacher_sha)
@@ -415,7 +423,7 @@ def run(cfg: DistillConfig):
         for preset in cfg.students:
             for seed in cfg.seeds:
                 student = Student(preset, seed, cfg, teacher_cfg, rl_steps, device, out_dir, scale)
-                student.run(teacher_jsonl, teacher_sha)
+                student.run(teacher_jsonl, teacher_sha, {k: results[k] for k in ("commit", "command", "device")})
                 eval_path = student.paths["eval.json"]
                 evals = json.load(open(eval_path)) if os.path.exists(eval_path) else {}
                 for method in METHODS:

@@ -73,6 +73,11 @@ def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert [r["step"] for r in rows if r["stage"] == "rl"] == list(range(TEACHER_CFG.rl_steps))
     assert [r["step"] for r in rows if r["stage"] == "distilled_rl"] == [0]
     assert any(r["stage"] == "sft" for r in rows)
+    # one config row, first: the student's recipe and where it ran, as a train.py run's
+    config_rows = [r for r in rows if r["stage"] == "config"]
+    assert rows[0] is config_rows[0] and len(config_rows) == 1
+    assert config_rows[0]["config"]["preset"] == "tiny" and config_rows[0]["command"].startswith("python distill.py")
+    assert {"commit", "device", "torch"} <= set(config_rows[0])
     base_cfg = load_checkpoint(str(student / "base.pt"))["train_config"]
     assert (base_cfg["preset"], base_cfg["pretrain_batch_size"], base_cfg["pretrain_seq_len"]) == ("tiny", 2, 64)
     # the teacher's samples passed rejection and the distilled model differs from the base it started from
