@@ -276,7 +276,6 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-
 def expert_counts(idx, n_experts):
     """Tokens routed to each expert. torch.bincount on a GPU reads the indices' min and max back to the host, a
     sync that stalls the launch queue of every training forward; a scatter-add on the device does not."""

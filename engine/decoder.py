@@ -165,6 +165,11 @@ def bucket(n):
 SLOT_BUCKET = 64  # attention reads the filled slots rounded up to this: one graph per 64 slots, little waste
 
 
+def slots_for(n):
+    """n slots rounded up to a multiple of SLOT_BUCKET: what a step's attention reads."""
+    return -(-n // SLOT_BUCKET) * SLOT_BUCKET
+
+
 class Decoder:
     """Batched sampling from one model (see the module's docstring). fused_kernels=False runs the copy's steps as
     plain PyTorch ops (what the fused kernels are measured against); cuda_graph=False runs them eagerly."""
@@ -267,7 +272,7 @@ class Decoder:
         stop_ids = stop_token_ids() if stop_ids is None else stop_ids
         B, P, N = len(prompts), max(len(p) for p in prompts), max(budgets)
         rows = bucket(B)  # rows past B are placeholders, finished from the start
-        slots = -(-(P + N) // SLOT_BUCKET) * SLOT_BUCKET
+        slots = slots_for(P + N)
         if rows > self.rows or slots > self.slots:
             self._allocate(max(rows, self.rows), max(slots, self.slots))
         self.refresh_weights()
@@ -309,7 +314,7 @@ class Decoder:
                     move_rows_to_front(self.cache, order, P + t)
                     for buf in (self.tokens, self.row_of, self.budget, self.done):
                         buf[:rows] = buf[order]
-            used = -(-(P + t) // SLOT_BUCKET) * SLOT_BUCKET  # slots the step reads: the filled ones and its own
+            used = slots_for(P + t)  # the filled slots and the step's own
             if self.cuda_graph and generator is None:  # a graph draws from the default CUDA generator
                 self._graph(rows, used, sampling).replay()
             else:
