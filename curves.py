@@ -1,14 +1,21 @@
 """
 Reading a run's metrics.jsonl: the learning-curve figure (curves.png, and the notebooks'), R1-Zero's growth
-ratios of response length and reflection over RL (eval.json), and runs side by side (R1-Zero vs R1):
+ratios of response length and reflection over RL (eval.json), and runs side by side: their RL curves, or the
+held-out evaluation of every stage of R1's recipe as a Markdown table (eval.json):
 
-    python curves.py --compare R1-Zero=results/r1/r1-zero_de_seed0 R1=results/r1/r1_de_seed0 --out cmp.png
+    python curves.py --compare R1-Zero=results/r1-zero/seed0 R1=results/r1/seed0 --out cmp.png
+    python curves.py --stages seed0=results/r1/seed0 seed1=results/r1/seed1
 """
 
 import argparse
 import json
 
 RL_STAGES = ("rl", "rl_reasoning", "rl_final")  # R1-Zero's one RL stage; --recipe r1's two
+EVALUATED_STAGES = ("base", "rl", "coldstart", "rl_reasoning", "rsft", "r1")  # eval.json's models, recipe order
+STAGE_COLUMNS = (("pass@1", "pass@1", 100), ("cons@16", "cons@16", 100), ("tokens", "mean_response_tokens", 1),
+                 ("format", "format_rate", 1), ("truncated", "truncated_rate", 1), ("repeats", "repeat_rate", 1),
+                 ("summary", "summary_rate", 1), ("consistency", "language_consistency", 1),
+                 ("reflections", "reflections_per_response", 1), ("arith pass@1", "arithmetic_pass@1", 100))
 
 
 def growth(rows, key):
@@ -85,6 +92,21 @@ def draw_comparison(runs):
     return fig
 
 
+def stage_table(runs):
+    """A Markdown table of runs' held-out evaluations ({label: eval.json as a dict}), a row per evaluated stage in
+    the recipe's order, percentages for pass@1, the stage's wall seconds where the run recorded them."""
+    cell = lambda value, scale: "-" if value is None else f"{value * 100:.1f}" if scale == 100 else f"{value:.3g}"
+    lines = ["| run | stage | " + " | ".join(name for name, _, _ in STAGE_COLUMNS) + " | wall s |",
+             "|" + " --- |" * (len(STAGE_COLUMNS) + 3)]
+    for label, evals in runs.items():
+        for stage in EVALUATED_STAGES:
+            if stage in evals:
+                wall = evals.get("stage_wall_s", {}).get(stage)
+                lines.append(f"| {label} | {stage} | " + " | ".join(cell(evals[stage].get(key), scale)
+                             for _, key, scale in STAGE_COLUMNS) + f" | {'-' if wall is None else round(wall)} |")
+    return "\n".join(lines)
+
+
 def read_rows(metrics_path):
     """A run's metrics.jsonl as a list of dicts (the first row is the run's config)."""
     with open(metrics_path) as f:
@@ -103,21 +125,36 @@ def plot_curves(metrics_path, out_png):
     save_figure(draw_curves(read_rows(metrics_path)), out_png)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Draw runs' RL curves side by side (LABEL=RUN_DIR ...).")
-    parser.add_argument("--compare", nargs="+", required=True, metavar="LABEL=RUN_DIR",
-                        help="runs to draw: a label, '=', and a train.py --out-dir holding metrics.jsonl")
-    parser.add_argument("--out", required=True, help="the PNG to write")
-    args = parser.parse_args(argv)
+def labelled_runs(parser, items, file_name, read):
+    """{label: read(RUN_DIR/file_name)} for LABEL=RUN_DIR arguments; a bad one stops with the parser's error."""
     runs = {}
-    for item in args.compare:
+    for item in items:
         label, sep, run_dir = item.partition("=")
         if not sep or not label or not run_dir:
-            parser.error(f"--compare takes LABEL=RUN_DIR, got {item!r}")
+            parser.error(f"runs are given as LABEL=RUN_DIR, got {item!r}")
         try:
-            runs[label] = read_rows(f"{run_dir}/metrics.jsonl")
+            runs[label] = read(f"{run_dir}/{file_name}")
         except (OSError, json.JSONDecodeError) as err:
-            parser.error(f"{run_dir}/metrics.jsonl: {err}")
+            parser.error(f"{run_dir}/{file_name}: {err}")
+    return runs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Runs side by side (LABEL=RUN_DIR ...): their RL curves in a PNG "
+                                                 "(--compare, --out), or every stage's evaluation (--stages).")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--compare", nargs="+", metavar="LABEL=RUN_DIR",
+                       help="runs to draw: a label, '=', and a train.py --out-dir holding metrics.jsonl")
+    which.add_argument("--stages", nargs="+", metavar="LABEL=RUN_DIR",
+                       help="runs whose eval.json to print as a Markdown table, a row per evaluated stage")
+    parser.add_argument("--out", help="the PNG to write (--compare)")
+    args = parser.parse_args(argv)
+    if args.stages:
+        print(stage_table(labelled_runs(parser, args.stages, "eval.json", lambda path: json.load(open(path)))))
+        return
+    if not args.out:
+        parser.error("--compare needs --out")
+    runs = labelled_runs(parser, args.compare, "metrics.jsonl", read_rows)
     for label, rows in runs.items():
         for stage in RL_STAGES:
             stage_rows = [r for r in rows if r.get("stage") == stage]

@@ -3,7 +3,7 @@ import json
 import matplotlib
 import pytest
 
-from curves import draw_comparison, draw_curves, growth, main, steps_to_accuracy
+from curves import draw_comparison, draw_curves, growth, main, stage_table, steps_to_accuracy
 
 matplotlib.use("Agg")
 
@@ -66,3 +66,25 @@ def test_compare_cli_writes_a_png_and_refuses_a_bad_argument(tmp_path, capsys):
     for bad in ("no-equals-sign", f"A={tmp_path / 'missing'}"):
         with pytest.raises(SystemExit):
             main(["--compare", bad, "--out", str(tmp_path / "x.png")])
+
+
+def test_stage_table_has_a_row_per_evaluated_stage_in_the_recipes_order():
+    evals = {"r1": {"pass@1": 0.8125, "format_rate": 0.5}, "base": {"pass@1": 0.2, "cons@16": 0.25},
+             "stage_wall_s": {"r1": 99.6}, "wall_time_s": 5.0}
+    lines = stage_table({"A": evals}).splitlines()
+    assert lines[0].startswith("| run | stage | pass@1 | cons@16 |") and lines[0].endswith("| wall s |")
+    assert len(lines) == 4 and lines[1].count("---") == len(lines[0].split("|")) - 2
+    assert lines[2].startswith("| A | base | 20.0 | 25.0 | - |") and lines[2].endswith("| - |")
+    assert lines[3].startswith("| A | r1 | 81.2 | - | - | 0.5 |") and lines[3].endswith("| 100 |")
+
+
+def test_stages_cli_prints_the_table_and_compare_needs_an_out(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps({"base": {"pass@1": 0.5}}))
+    main(["--stages", f"B={run}"])
+    assert "| B | base | 50.0 |" in capsys.readouterr().out
+    for bad in (["--stages", f"B={tmp_path / 'missing'}"], ["--compare", f"B={run}"],
+                ["--stages", f"B={run}", "--compare", f"B={run}"]):
+        with pytest.raises(SystemExit):
+            main(bad)
