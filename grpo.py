@@ -149,16 +149,18 @@ def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=
     return per_seq.mean() if n_total is None else per_seq.sum() / n_total
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip_eps_high=0.2,
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip_eps_high=0.2, clip_ratio_c=0.0,
               kl_beta=0.0, loss_agg_mode="seq-mean-token-mean", max_len=None, n_total=None):
     """
-    The GRPO loss, -J(theta) of DeepSeekMath eq. 3, with DAPO's decoupled clip and a choice of aggregation.
+    The GRPO loss, -J(theta) of DeepSeekMath eq. 3, with DAPO's decoupled clip, an optional dual clip and a choice
+    of aggregation.
 
     logp       [N, T] log pi_theta of the sampled tokens (carries the gradient)
     old_logp   [N, T] log pi_old, the policy that sampled them (a constant)
     ref_logp   [N, T] log pi_ref, the frozen reference (a constant); may be None when kl_beta == 0
     advantages [N]    one per sequence, shared by all its tokens (see group_advantages)
     mask       [N, T] 1 (or True) on the response tokens that count, 0 on prompt and padding
+    clip_ratio_c  the dual clip's c > 1, or 0 for none (see below)
     max_len    the constant of "seq-mean-token-sum-norm" (see aggregate_loss)
     n_total    the whole batch's token (or sequence) count when this is one rank's share of it (aggregate_loss)
 
@@ -166,8 +168,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
       pg_loss     the clipped policy-gradient part of the loss alone, aggregated like the loss
       kl          mean k3 KL to the reference over valid tokens (0 when ref_logp is None)
       clip_frac   fraction of valid tokens the clip silences: rho > 1+eps_high with A > 0, or rho < 1-eps_low
-                  with A < 0, i.e. where the clipped term is strictly the minimum and the gradient is zero
-                  (as TRL and veRL count it)
+                  with A < 0 (or, dual-clipped, rho > c with A < 0), i.e. where the gradient is zero (as TRL and
+                  veRL count it)
       ratio_mean  mean of rho over valid tokens
       ratio_max   max of rho over valid tokens (0 if there are none)
     """
@@ -185,6 +187,11 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
     unclipped = ratio * A
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * A
     pg_tok = -torch.minimum(unclipped, clipped)
+    if clip_ratio_c:
+        # dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games", eq. 5): with A < 0 the term
+        # -rho * A grows without bound in rho, so a token that became far likelier within the step's minibatches
+        # can dominate the gradient; it counts at most -c * A
+        pg_tok = torch.where(A < 0, torch.minimum(pg_tok, -clip_ratio_c * A), pg_tok)
     loss_tok = pg_tok
     kl_tok = None
     if ref_logp is not None:
@@ -197,6 +204,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
 
     with torch.no_grad():
         silenced = ((ratio > 1 + clip_eps_high) & (A > 0)) | ((ratio < 1 - clip_eps_low) & (A < 0))
+        if clip_ratio_c:
+            silenced |= (ratio > clip_ratio_c) & (A < 0)
         stats = {
             "pg_loss": aggregate_loss(pg_tok, mask, loss_agg_mode, max_len, n_total),
             "kl": masked_mean(kl_tok, mask) if kl_tok is not None else logp.new_zeros(()),
@@ -220,6 +229,8 @@ class GRPOConfig:
     minibatches: Annotated[int, "optimizer steps per pass; later ones are off-policy, hence the clip"] = 4
     clip_eps_low: Annotated[float, "the ratio's lower clip, 1 - eps_low"] = 0.2
     clip_eps_high: Annotated[float, "its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow"] = 0.28
+    clip_ratio_c: Annotated[float, "dual clip: with a negative advantage the ratio counts at most c (> 1); 0: "
+                            "off"] = 0.0
     kl_beta: Annotated[float, "weight of the KL penalty to the reference; 0 skips the reference model"] = 0.001
     loss_agg_mode: Annotated[str, "how token losses average (LOSS_AGG_MODES, see aggregate_loss)"] = "token-mean"
     scale_std: Annotated[bool, "divide advantages by the group's std (False: Dr. GRPO's advantages)"] = True
@@ -246,6 +257,8 @@ class GRPOConfig:
             raise ValueError("GRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
         if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):
             raise ValueError("need 0 <= GRPOConfig.clip_eps_low < 1 and GRPOConfig.clip_eps_high >= 0")
+        if not (self.clip_ratio_c == 0 or 1 < self.clip_ratio_c < float("inf")):
+            raise ValueError(f"GRPOConfig.clip_ratio_c must be 0 (off) or a number > 1, got {self.clip_ratio_c}")
         if self.kl_beta < 0:
             raise ValueError("GRPOConfig.kl_beta must be >= 0")
         if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
@@ -408,7 +421,8 @@ class GRPOTrainer:
                 logp, entropy = self.token_logprobs(self.train_model, tokens[rows], return_entropy=True)
                 loss, stats = grpo_loss(logp, old_logp[rows], None if ref_logp is None else ref_logp[rows],
                                         advantages[rows], mask[rows], cfg.clip_eps_low, cfg.clip_eps_high,
-                                        cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens, n_total=n_total)
+                                        cfg.clip_ratio_c, cfg.kl_beta, cfg.loss_agg_mode, max_len=cfg.max_new_tokens,
+                                        n_total=n_total)
                 distributed.scale_for_gradient_average(loss).backward()
             parts.append({**stats, "loss": loss.detach(), "entropy": masked_mean(entropy, mask[rows])})
         # checked once the backward passes are queued, not between forward and backward (a host sync there would

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from grpo import (LOSS_AGG_MODES, aggregate_loss, group_advantages, grpo_loss, masked_mean, minibatch_rows,
-                  overlong_penalty)
+from grpo import (LOSS_AGG_MODES, GRPOConfig, aggregate_loss, group_advantages, grpo_loss, masked_mean,
+                  minibatch_rows, overlong_penalty)
 
 
 # ----------------------------------------------------------------------------- plain reference implementations
@@ -27,7 +27,7 @@ def ref_advantages(rewards, scale_std):
     return torch.tensor(out, dtype=torch.float64)
 
 
-def ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len):
+def ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len, c=0.0):
     N, T = logp.shape
     seq_terms, n_valid_total = [], 0
     for i in range(N):
@@ -41,6 +41,8 @@ def ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len):
             a = float(adv[i])
             surrogate = min(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
             term = -surrogate
+            if c and a < 0:  # the dual clip: a bad token's term is at most -c * A
+                term = min(term, torch.tensor(-c * a, dtype=torch.float64))
             if beta != 0:
                 d = float(ref[i, t]) - logp[i, t]
                 term = term + beta * (torch.exp(d) - d - 1)
@@ -134,23 +136,26 @@ def test_advantages_need_two_samples_and_accept_integer_rewards():
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("beta", [0.0, 0.3])
-@pytest.mark.parametrize("eps_low,eps_high", [(0.2, 0.2), (0.1, 0.28)])
+@pytest.mark.parametrize("eps_low,eps_high,c", [(0.2, 0.2, 0.0), (0.1, 0.28, 0.0), (0.2, 0.28, 1.2)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_loss_and_gradient_match_formula(mode, beta, eps_low, eps_high, seed):
+def test_loss_and_gradient_match_formula(mode, beta, eps_low, eps_high, c, seed):
     logp, old, ref, adv, mask = random_batch(seed)
     max_len = 13 if seed else None  # Dr. GRPO's constant, given or defaulting to T
-    kw = dict(clip_eps_low=eps_low, clip_eps_high=eps_high, kl_beta=beta, loss_agg_mode=mode, max_len=max_len)
+    kw = dict(clip_eps_low=eps_low, clip_eps_high=eps_high, clip_ratio_c=c, kl_beta=beta, loss_agg_mode=mode,
+              max_len=max_len)
     loss, stats = grpo_loss(logp, old, ref if beta else None, adv, mask, **kw)
     (grad,) = torch.autograd.grad(loss, logp)
 
-    expected = ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len)
+    expected = ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len, c)
+    if c and seed:  # this batch has bad tokens above c, which the dual clip caps
+        assert ((torch.exp(logp - old) > c) & (adv[:, None] < 0) & mask).any()
     (expected_grad,) = torch.autograd.grad(expected, logp)
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
     assert torch.isfinite(loss) and grad[1].abs().sum() == 0  # the empty sequence: no NaN, no gradient
     assert grad[~mask].abs().sum() == 0 and grad[mask].abs().sum() > 0
 
-    pg_only = ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, 0.0, mode, max_len)
+    pg_only = ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, 0.0, mode, max_len, c)
     torch.testing.assert_close(stats["pg_loss"], pg_only.detach(), rtol=1e-10, atol=1e-12)
     assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())
 
@@ -252,13 +257,13 @@ def test_beta_zero_needs_no_reference_and_beta_nonzero_does():
 
 # ----------------------------------------------------------------------------- clipping
 
-def clip_case(ratios, advs, eps_low=0.2, eps_high=0.2):
+def clip_case(ratios, advs, eps_low=0.2, eps_high=0.2, c=0.0):
     # one token per sequence, with the given ratio and advantage; returns the gradient per token and clip_frac
     old = torch.zeros(len(ratios), 1, dtype=torch.float64)
     logp = torch.log(torch.tensor(ratios, dtype=torch.float64))[:, None].requires_grad_()
     adv = torch.tensor(advs, dtype=torch.float64)
     loss, stats = grpo_loss(logp, old, None, adv, torch.ones(len(ratios), 1), clip_eps_low=eps_low,
-                            clip_eps_high=eps_high, loss_agg_mode="token-mean")
+                            clip_eps_high=eps_high, clip_ratio_c=c, loss_agg_mode="token-mean")
     (grad,) = torch.autograd.grad(loss, logp)
     return grad[:, 0], stats["clip_frac"].item()
 
@@ -285,6 +290,25 @@ def test_asymmetric_clip_respects_each_bound():
     assert grad[0] == 0 and clip_frac == 1
     grad, clip_frac = clip_case([0.75], [-1.0], eps_low=0.3, eps_high=0.2)
     assert grad[0] != 0 and clip_frac == 0
+
+
+def test_dual_clip_caps_only_bad_tokens_far_above_one():
+    #          bad, far above c   bad, between 1+eps and c   good, far above   bad, below 1-eps
+    ratios, advs = [5.0, 2.0, 5.0, 0.5], [-1.0, -1.0, 1.0, -1.0]
+    grad, clip_frac = clip_case(ratios, advs, c=3.0)
+    assert grad[0] == 0 and grad[2] == 0 and grad[3] == 0  # capped by the dual clip; the usual clips
+    torch.testing.assert_close(grad[1], torch.tensor(2.0 / 4, dtype=torch.float64))  # d(-rho A)/d logp = -rho A
+    assert clip_frac == pytest.approx(3 / 4)
+    grad, clip_frac = clip_case(ratios, advs)  # without it, the bad token at ratio 5 pulls hardest of all
+    torch.testing.assert_close(grad[0], torch.tensor(5.0 / 4, dtype=torch.float64))
+    assert clip_frac == pytest.approx(2 / 4)
+
+
+def test_dual_clip_must_exceed_one():
+    for bad in (1.0, 0.5, -3.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="clip_ratio_c"):
+            GRPOConfig(clip_ratio_c=bad).validate()
+    GRPOConfig(clip_ratio_c=3.0).validate()
 
 
 @pytest.mark.parametrize("eps_low,eps_high", [(0.2, 0.2), (0.1, 0.28)])
