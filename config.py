@@ -25,23 +25,24 @@ def field_help(config_class):
             if typing.get_origin(hints[f.name]) is Annotated}
 
 
-def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False, notes=None):
+def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False, notes=None, values=None):
     """A flag per field of a dataclass config, --PREFIX-FIELD into dest PREFIX_FIELD, its help the field's comment
     and default (train.py, sft.py, rejection.py and distill.py build their command lines with it). only_given:
     the parsed namespace holds only the flags given (train.py lays them over its setup's values); notes: {dest:
-    text} added to a flag's help. Returns {dest: default} of the flags added."""
+    text} added to a flag's help; values: an instance whose values are the defaults (a nested config's, which its
+    parent may set apart from the class's). Returns {dest: default} of the flags added."""
     comments, defaults = field_help(config_class), {}
     for f in fields(config_class):
         if f.name in skip:
             continue
         dest = prefix + f.name
-        defaults[dest] = f.default
+        default = defaults[dest] = f.default if values is None else getattr(values, f.name)
         note = f"; {notes[dest]}" if notes and dest in notes else ""
-        boolean = isinstance(f.default, bool)  # --flag / --no-flag
-        kind = dict(action=argparse.BooleanOptionalAction) if boolean else dict(type=type(f.default))
+        boolean = isinstance(default, bool)  # --flag / --no-flag
+        kind = dict(action=argparse.BooleanOptionalAction) if boolean else dict(type=type(default))
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest,
-                            default=argparse.SUPPRESS if only_given else f.default,
-                            help=f"{comments.get(f.name, '')} (default: {f.default}{note})".replace("%", "%%"),
+                            default=argparse.SUPPRESS if only_given else default,
+                            help=f"{comments.get(f.name, '')} (default: {default}{note})".replace("%", "%%"),
                             **kind)  # argparse formats help with %
     return defaults
 
@@ -62,10 +63,12 @@ class R1Config:
     coldstart_r1zero_samples: Annotated[int, "answers sampled per problem; the distinct correct ones are kept"] = 4
     coldstart_max_tokens: Annotated[int, "longest cold-start answer kept, in tokens (3/4 of the RL budget); 0: "
                                     "all"] = 384
-    # give-ups make R1's answers finish (format rate 0.96-1.00 at 0.1), but reasoning RL collapsed late in two of
-    # three such runs (results/r1), so they are off
+    # both SFT stages otherwise train on answers that end in a hit and nothing else, so on a problem it cannot solve
+    # the model keeps trying to the token budget (R1's format rate 0.83-0.91 on 3 seeds without them); give-ups
+    # teach it to stop. Without GRPO's dual clip (GRPOConfig.clip_ratio_c), reasoning RL collapsed after them in
+    # two of three runs
     coldstart_giveup_fraction: Annotated[float, "share of examples that give up: all attempts miss, the last is "
-                                         "answered"] = 0.0
+                                         "answered"] = 0.1
     coldstart_epochs: Annotated[int, "epochs of cold-start SFT"] = 2
     coldstart_lr: Annotated[float, "peak learning rate of cold-start SFT"] = 1e-4
     reasoning_rl_steps: Annotated[int, "steps of reasoning RL on the cold-started model (sec. 2.3.2)"] = 120

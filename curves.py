@@ -12,7 +12,7 @@ import json
 
 RL_STAGES = ("rl", "rl_reasoning", "rl_final")  # R1-Zero's one RL stage; --recipe r1's two
 EVALUATED_STAGES = ("base", "rl", "coldstart", "rl_reasoning", "rsft", "r1")  # eval.json's models, recipe order
-STAGE_COLUMNS = (("pass@1", "pass@1", 100), ("cons@16", "cons@16", 100), ("tokens", "mean_response_tokens", 1),
+STAGE_COLUMNS = (("pass@1", "pass@1", 100), ("cons@k", "cons@k", 100), ("tokens", "mean_response_tokens", 1),
                  ("format", "format_rate", 1), ("truncated", "truncated_rate", 1), ("repeats", "repeat_rate", 1),
                  ("summary", "summary_rate", 1), ("consistency", "language_consistency", 1),
                  ("reflections", "reflections_per_response", 1), ("arith pass@1", "arithmetic_pass@1", 100))
@@ -94,15 +94,21 @@ def draw_comparison(runs):
 
 def stage_table(runs):
     """A Markdown table of runs' held-out evaluations ({label: eval.json as a dict}), a row per evaluated stage in
-    the recipe's order, percentages for pass@1, the stage's wall seconds where the run recorded them."""
+    the recipe's order, percentages for pass@1 and cons@k, the stage's wall seconds where the run recorded them."""
     cell = lambda value, scale: "-" if value is None else f"{value * 100:.1f}" if scale == 100 else f"{value:.3g}"
+
+    def value(stage_eval, key):  # cons@k: k is the evaluation's samples per problem (16 on a GPU, 4 on the CPU)
+        if key == "cons@k":
+            return next((v for k, v in stage_eval.items() if k.startswith("cons@")), None)
+        return stage_eval.get(key)
+
     lines = ["| run | stage | " + " | ".join(name for name, _, _ in STAGE_COLUMNS) + " | wall s |",
              "|" + " --- |" * (len(STAGE_COLUMNS) + 3)]
     for label, evals in runs.items():
         for stage in EVALUATED_STAGES:
             if stage in evals:
                 wall = evals.get("stage_wall_s", {}).get(stage)
-                lines.append(f"| {label} | {stage} | " + " | ".join(cell(evals[stage].get(key), scale)
+                lines.append(f"| {label} | {stage} | " + " | ".join(cell(value(evals[stage], key), scale)
                              for _, key, scale in STAGE_COLUMNS) + f" | {'-' if wall is None else round(wall)} |")
     return "\n".join(lines)
 

@@ -72,12 +72,16 @@ class DistillConfig:
                                       "corpus)"] = (1.0,)
     rl_steps: Annotated[int, "the RL baseline's steps; 0: as many as the teacher got (fewer: refused)"] = 0
     distill_rl_steps: Annotated[int, "the short GRPO stage on the distilled student"] = 20
-    reject_problems: Annotated[int, "RL train problems the teacher answers (rejection.py)"] = 1000
+    reject_problems: Annotated[int, "RL train problems the teacher answers (rejection.py); 0: every one"] = 0
     eval_problems: Annotated[int, "held-out problems; 0: the teacher's eval_problems"] = 0
     eval_samples: Annotated[int, "k; 0: the teacher's eval_samples"] = 0
     device: Annotated[str, "auto: cuda if available, else cpu"] = "auto"
     sft: SFTConfig = field(default_factory=SFTConfig)
-    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+    # 32 answers to each train problem, up to 16 kept. With 1,000 problems x 8 answers (3.7k kept) the students whose
+    # corpus seldom reflects imitated the teacher's checks without making them: "Let me verify: v = T" with v the
+    # target in 17-23% of their checks
+    rejection: RejectionConfig = field(default_factory=lambda: RejectionConfig(samples_per_prompt=32,
+                                                                               keep_per_prompt=16))
 
     def validate(self):
         if not self.teacher:
@@ -94,8 +98,8 @@ class DistillConfig:
         for name in ("rl_steps", "distill_rl_steps", "eval_problems", "eval_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.reject_problems < 1:
-            raise ValueError(f"--reject-problems must be >= 1, got {self.reject_problems}")
+        if self.reject_problems < 0:
+            raise ValueError(f"--reject-problems must be >= 0 (0: every train problem), got {self.reject_problems}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda[:N], got {self.device}")
         self.sft.validate()
@@ -399,7 +403,7 @@ def run(cfg: DistillConfig):
 
     # 1. the teacher's data, once
     if not os.path.exists(teacher_jsonl):
-        rows = data.problem_rows("train", cfg.reject_problems, cfg.rejection.seed, teacher_cfg.train_data)
+        rows = data.problem_rows("train", cfg.reject_problems or None, cfg.rejection.seed, teacher_cfg.train_data)
         try:
             examples, stats = rejection_sample(teacher, rows, cfg.rejection)
         except ValueError as err:
@@ -461,7 +465,8 @@ def parse_args(argv=None) -> DistillConfig:
     # the nested configs' fields get a prefix: --sft-lr sets sft.lr, --reject-temperature sets rejection.temperature
     nested = {"sft": (SFTConfig, "sft_"), "rejection": (RejectionConfig, "reject_")}
     for name, (config_class, prefix) in nested.items():  # (SFT's seed is each student's seed)
-        add_config_flags(parser, config_class, prefix, skip=("seed",) if name == "sft" else ())
+        add_config_flags(parser, config_class, prefix, skip=("seed",) if name == "sft" else (),
+                         values=getattr(defaults, name))
     args = vars(parser.parse_args(argv))
     sub = {name: config_class(**{f.name: args.pop(prefix + f.name) for f in fields(config_class)
                                  if prefix + f.name in args})

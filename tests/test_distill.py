@@ -194,7 +194,7 @@ def test_students_with_a_weaker_prior_beside_the_same_corpus(tmp_path, monkeypat
 
 def test_bad_values_fail_clearly():
     for bad in (["--students", "huge"], ["--students", "tiny", "tiny"], ["--seeds", "-1"], ["--seeds", "0", "0"],
-                ["--distill-rl-steps", "-1"], ["--reject-problems", "0"], ["--sft-lr", "0"],
+                ["--distill-rl-steps", "-1"], ["--reject-problems", "-1"], ["--sft-lr", "0"],
                 ["--reject-max-tokens", "600"], ["--eval-samples", "-2"], ["--device", "tpu"],
                 ["--student-reflect-scales", "-1"], ["--student-reflect-scales", "1", "1"]):
         with pytest.raises(SystemExit):
@@ -203,3 +203,6 @@ def test_bad_values_fail_clearly():
         distill.parse_args([])  # --teacher is required
     cfg = distill.parse_args(["--teacher", "t", "--students", "dense-1m", "tiny", "--sft-lr", "3e-4"])
     assert cfg.students == ("dense-1m", "tiny") and cfg.sft.lr == 3e-4 and cfg.seeds == (0,)
+    # a nested config's flags default to DistillConfig's values for it, which differ from RejectionConfig's own
+    assert cfg.rejection == distill.DistillConfig().rejection != rejection.RejectionConfig()
+    assert distill.parse_args(["--teacher", "t", "--reject-keep-per-prompt", "3"]).rejection.keep_per_prompt == 3
