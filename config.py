@@ -50,13 +50,14 @@ def add_config_flags(parser, config_class, prefix="", skip=(), only_given=False,
 @dataclass
 class R1Config:
     """DeepSeek-R1's stages after the base model (arXiv:2501.12948 sec. 2.3), for --recipe r1; results/r1 measures
-    them, with either cold-start source, beside R1-Zero from the same base."""
+    them beside R1-Zero from the same base."""
     coldstart_examples: Annotated[int, "cold-start SFT examples (sec. 2.3.1: \"thousands of\" readable long "
                                   "CoTs)"] = 3000
     # where they come from. r1zero: R1-Zero's own correct answers (its RL first, from the same base, as --recipe r1-zero
     # runs it), rewritten readable (readable.py: English, no repeats, a summary), as sec. 2.3.1 gathers them; oracle:
     # the corpus writer's English reflect answers, kept when right (the writer of the pretraining data: a cleaner
-    # source than R1 had). On seed 1, R1 reaches 88.1% pass@1 from r1zero's and 86.5% from oracle's (results/r1)
+    # source than R1 had). On seed 1 without give-ups, R1 reached 88.1% pass@1 from r1zero's and 86.5% from oracle's
+    # (results/README.md)
     coldstart_source: Annotated[str, "r1zero or oracle: who writes the cold-start CoTs (see above)"] = "r1zero"
     coldstart_r1zero_problems: Annotated[int, "pretraining-split problems the R1-Zero model answers (r1zero "
                                          "source)"] = 1000
@@ -64,9 +65,10 @@ class R1Config:
     coldstart_max_tokens: Annotated[int, "longest cold-start answer kept, in tokens (3/4 of the RL budget); 0: "
                                     "all"] = 384
     # both SFT stages otherwise train on answers that end in a hit and nothing else, so on a problem it cannot solve
-    # the model keeps trying to the token budget (R1's format rate 0.83-0.91 on 3 seeds without them); give-ups
-    # teach it to stop. Without GRPO's dual clip (GRPOConfig.clip_ratio_c), reasoning RL collapsed after them in
-    # two of three runs
+    # the model keeps trying to the token budget (R1's format rate 0.83-0.91 on 3 seeds without them, 0.90-0.98 with
+    # them); stopping also costs the cold start answers it would have found by trying on (0.9-19 points of pass@1
+    # against R1-Zero on 3 seeds, results/r1). Without GRPO's dual clip (GRPOConfig.clip_ratio_c), reasoning RL
+    # collapsed after them in two of three runs
     coldstart_giveup_fraction: Annotated[float, "share of examples that give up: all attempts miss, the last is "
                                          "answered"] = 0.1
     coldstart_epochs: Annotated[int, "epochs of cold-start SFT"] = 2

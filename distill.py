@@ -77,9 +77,9 @@ class DistillConfig:
     eval_samples: Annotated[int, "k; 0: the teacher's eval_samples"] = 0
     device: Annotated[str, "auto: cuda if available, else cpu"] = "auto"
     sft: SFTConfig = field(default_factory=SFTConfig)
-    # 32 answers to each train problem, up to 16 kept. With 1,000 problems x 8 answers (3.7k kept) the students whose
-    # corpus seldom reflects imitated the teacher's checks without making them: "Let me verify: v = T" with v the
-    # target in 17-23% of their checks
+    # 32 answers to each train problem, up to 16 kept (about 30k). With 1,000 problems x 8 answers (3.7k kept) the
+    # students whose corpus seldom reflects imitated the teacher's checks without making them ("Let me verify: v = T"
+    # with v the target in 17-23% of their checks); with these, three of four make them (68-91%, results/distill)
     rejection: RejectionConfig = field(default_factory=lambda: RejectionConfig(samples_per_prompt=32,
                                                                                keep_per_prompt=16))
 

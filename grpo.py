@@ -230,7 +230,7 @@ class GRPOConfig:
     clip_eps_low: Annotated[float, "the ratio's lower clip, 1 - eps_low"] = 0.2
     clip_eps_high: Annotated[float, "its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow"] = 0.28
     # without it, single tokens' ratios reached the hundreds to thousands before reasoning RL collapsed in two of
-    # three R1 runs cold-started with give-ups (grpo_loss says why the term is unbounded)
+    # three R1 runs cold-started with give-ups (grpo_loss says why the term is unbounded); with it, in none of three
     clip_ratio_c: Annotated[float, "dual clip: with a negative advantage the ratio counts at most c (> 1); 0: "
                             "off"] = 3.0
     kl_beta: Annotated[float, "weight of the KL penalty to the reference; 0 skips the reference model"] = 0.001
