@@ -8,7 +8,7 @@ data.py) and nest here.
 import argparse
 import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated
 
 import data
@@ -64,23 +64,34 @@ class R1Config:
     coldstart_r1zero_samples: Annotated[int, "answers sampled per problem; the distinct correct ones are kept"] = 4
     coldstart_max_tokens: Annotated[int, "longest cold-start answer kept, in tokens (3/4 of the RL budget); 0: "
                                     "all"] = 384
-    # both SFT stages otherwise train on answers that end in a hit and nothing else, so on a problem it cannot solve
-    # the model keeps trying to the token budget (R1's format rate 0.83-0.91 on 3 seeds without them, 0.90-0.98 with
-    # them); stopping also costs the cold start answers it would have found by trying on (0.9-19 points of pass@1
-    # against R1-Zero on 3 seeds, results/r1). Without GRPO's dual clip (GRPOConfig.clip_ratio_c), reasoning RL
-    # collapsed after them in two of three runs
-    coldstart_giveup_fraction: Annotated[float, "share of examples that give up: all attempts miss, the last is "
-                                         "answered"] = 0.1
+    # a give-up tries the writer's 10 attempts, all misses, and answers the last: without such examples an SFT stage
+    # teaches only answers that end in a hit, and on a problem it cannot solve the model tries on to the token budget.
+    # In the cold start they cost pass@1 (the model stops on problems it would have solved by trying on: 0.9-19
+    # points against R1-Zero on 3 seeds, results/README.md); stopping is taught by overlong_buffer_frac instead
+    coldstart_giveup_fraction: Annotated[float, "share of cold-start examples that give up: all attempts miss, the "
+                                         "last is answered"] = 0.0
     coldstart_epochs: Annotated[int, "epochs of cold-start SFT"] = 2
     coldstart_lr: Annotated[float, "peak learning rate of cold-start SFT"] = 1e-4
     reasoning_rl_steps: Annotated[int, "steps of reasoning RL on the cold-started model (sec. 2.3.2)"] = 120
     language_weight: Annotated[float, "weight of sec. 2.3.2's language-consistency reward, in stages 2 and 4"] = 1.0
+    # GRPO's dual clip (grpo_loss) in stages 2 and 4: after a cold start with give-ups, single tokens' ratios reached
+    # the hundreds to thousands and reasoning RL collapsed in two of three runs without it (results/README.md);
+    # R1-Zero's RL, from the pretrained base, runs the paper's GRPO without it
+    clip_ratio_c: Annotated[float, "dual clip of stages 2 and 4: with a negative advantage the ratio counts at most "
+                            "c (> 1); 0: off"] = 3.0
+    # DAPO's soft overlong punishment (grpo.overlong_penalty) in stages 2 and 4: SFT on answers that end in a hit
+    # leaves R1 trying on to the token budget where it cannot solve a problem (10-15% of answers truncated after
+    # either SFT stage on 3 seeds, results/r1); the penalty makes a truncated answer worse than a finished miss
+    overlong_buffer_frac: Annotated[float, "stages 2 and 4 punish answers in this last share of the token budget "
+                                    "(64 of 512 tokens, where rejection sampling's length cap starts; 0: off)"] = 0.125
     rejection_problems: Annotated[int, "RL problems the stage-2 model answers for rejection sampling (sec. "
                                   "2.3.3)"] = 1000
     rejection_samples_per_prompt: Annotated[int, "answers sampled per problem"] = 8
     rejection_keep_per_prompt: Annotated[int, "most distinct correct answers kept per problem"] = 4
     rejection_max_tokens_frac: Annotated[float, "longest kept answer, as a share of the RL budget (448 of 512)"] = 0.875
     non_reasoning_fraction: Annotated[float, "share of direct answers in the SFT set (R1: 200k of 800k samples)"] = 0.25
+    rsft_giveup_fraction: Annotated[float, "share of the reasoning SFT examples that give up, as in the cold "
+                                    "start"] = 0.0
     rsft_epochs: Annotated[int, "epochs of SFT on them (sec. 2.3.3: \"for two epochs\")"] = 2
     rsft_from: Annotated[str, "base (the paper: R1 restarts from V3-Base) or reasoner (the stage-2 model)"] = "base"
     rsft_lr: Annotated[float, "peak learning rate of that SFT"] = 1e-4
@@ -90,6 +101,12 @@ class R1Config:
     final_rl_steps: Annotated[int, "steps of RL for all scenarios on the rejection-SFT model (sec. 2.3.4)"] = 120
     final_arithmetic_fraction: Annotated[float, "share of \"Compute ...\" problems among stage 4's prompts"] = 0.25
     final_rl_lr: Annotated[float, "learning rate of stage 4's GRPO; 0: --rl-lr, as stage 2"] = 0.0
+
+    def rl_config(self, grpo: GRPOConfig) -> GRPOConfig:
+        """The GRPO settings of stages 2 and 4: `grpo` with the language reward, the dual clip and the overlong
+        punishment above in place of its own."""
+        return replace(grpo, language_weight=self.language_weight, clip_ratio_c=self.clip_ratio_c,
+                       overlong_buffer=int(self.overlong_buffer_frac * grpo.max_new_tokens))
 
     def validate(self):
         for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
@@ -107,7 +124,8 @@ class R1Config:
             raise ValueError(f"R1Config.language_weight must be >= 0, got {self.language_weight}")
         if not 0 < self.rejection_max_tokens_frac <= 1:
             raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
-        for name in ("non_reasoning_fraction", "final_arithmetic_fraction", "coldstart_giveup_fraction"):
+        for name in ("non_reasoning_fraction", "final_arithmetic_fraction", "coldstart_giveup_fraction",
+                     "rsft_giveup_fraction", "overlong_buffer_frac"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"R1Config.{name} must be in [0, 1)")
         for name, choices in (("coldstart_source", ("oracle", "r1zero")), ("rsft_from", ("base", "reasoner"))):
@@ -118,6 +136,8 @@ class R1Config:
                 raise ValueError(f"R1Config.{name} must be >= 1, got {getattr(self, name)}")
         if self.coldstart_max_tokens < 0:
             raise ValueError(f"R1Config.coldstart_max_tokens must be >= 0 (0: no cap), got {self.coldstart_max_tokens}")
+        if not (self.clip_ratio_c == 0 or 1 < self.clip_ratio_c < float("inf")):
+            raise ValueError(f"R1Config.clip_ratio_c must be 0 (off) or a number > 1, got {self.clip_ratio_c}")
         if not (self.final_rl_lr >= 0 and math.isfinite(self.final_rl_lr)):
             raise ValueError(f"R1Config.final_rl_lr must be >= 0 (0: GRPOConfig.lr), got {self.final_rl_lr}")
 

@@ -229,10 +229,9 @@ class GRPOConfig:
     minibatches: Annotated[int, "optimizer steps per pass; later ones are off-policy, hence the clip"] = 4
     clip_eps_low: Annotated[float, "the ratio's lower clip, 1 - eps_low"] = 0.2
     clip_eps_high: Annotated[float, "its upper clip, 1 + eps_high: DAPO's clip-higher lets unlikely tokens grow"] = 0.28
-    # without it, single tokens' ratios reached the hundreds to thousands before reasoning RL collapsed in two of
-    # three R1 runs cold-started with give-ups (grpo_loss says why the term is unbounded); with it, in none of three
+    # off in R1-Zero's RL, the paper's GRPO; on in R1's RL stages after SFT (config.R1Config.clip_ratio_c)
     clip_ratio_c: Annotated[float, "dual clip: with a negative advantage the ratio counts at most c (> 1); 0: "
-                            "off"] = 3.0
+                            "off"] = 0.0
     kl_beta: Annotated[float, "weight of the KL penalty to the reference; 0 skips the reference model"] = 0.001
     loss_agg_mode: Annotated[str, "how token losses average (LOSS_AGG_MODES, see aggregate_loss)"] = "token-mean"
     scale_std: Annotated[bool, "divide advantages by the group's std (False: Dr. GRPO's advantages)"] = True
@@ -241,7 +240,8 @@ class GRPOConfig:
     max_grad_norm: Annotated[float, "gradients are clipped to this norm"] = 1.0
     rollout_batch_size: Annotated[int, "rows decoded together (by each rank)"] = 512
     micro_batch_rows: Annotated[int, "rows per forward/backward of a minibatch, gradients accumulated (0: all)"] = 64
-    # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither
+    # DAPO's overlong reward shaping (sec. 3.4), off by default: R1-Zero's recipe has neither (R1's RL stages
+    # punish overlong answers: config.R1Config.overlong_buffer_frac)
     overlong_filter: Annotated[bool, "truncated responses (no stop token within the budget) carry no gradient"] = False
     overlong_buffer: Annotated[int, "soft punishment over the budget's last N tokens (see overlong_penalty)"] = 0
 

@@ -42,6 +42,15 @@ def corpus_writer_answers(cfg: TrainConfig, n, seed, give_up=False):
     return pairs, written
 
 
+def give_up_answers(cfg: TrainConfig, fraction, answers, seed, readable_format):
+    """The corpus writer's give-ups (corpus_writer_answers with give_up) that make `fraction` of a set of `answers`
+    answers plus them, as (row, completion) pairs, rewritten by readable.readable_answer with readable_format."""
+    give_ups, _ = corpus_writer_answers(cfg, round(fraction / (1 - fraction) * answers), seed, give_up=True)
+    if readable_format:
+        give_ups = [(row, readable.readable_answer(THINK + completion, row)) for row, completion in give_ups]
+    return [(row, completion) for row, completion in give_ups if completion is not None]
+
+
 def r1zero_answers(zero, cfg: TrainConfig):
     """Sec. 2.3.1's "DeepSeek-R1-Zero outputs in a readable format": the R1-Zero model's finished, correct answers
     to "pretrain"-split problems, sampled as its RL samples them (rejection.py, any language kept), each rewritten
@@ -102,11 +111,8 @@ def make_coldstart_set(cfg: TrainConfig, zero=None):
             raise ValueError(f"no valid cold-start example: none of {written} reflect-style answers ended correct "
                              f"(CorpusConfig.p_correct {cfg.corpus.p_correct}, CorpusConfig.max_attempts "
                              f"{cfg.corpus.max_attempts})")
-    f = r1.coldstart_giveup_fraction
-    give_ups, _ = corpus_writer_answers(cfg, round(f / (1 - f) * len(answers)), cfg.seed + 2, give_up=True)
-    if r1.coldstart_source == "r1zero":  # in the readable format too
-        give_ups = [(row, readable.readable_answer(THINK + completion, row)) for row, completion in give_ups]
-        give_ups = [(row, completion) for row, completion in give_ups if completion is not None]
+    give_ups = give_up_answers(cfg, r1.coldstart_giveup_fraction, len(answers), cfg.seed + 2,
+                               readable_format=r1.coldstart_source == "r1zero")  # in the source's format
     cap = r1.coldstart_max_tokens or float("inf")
     examples, lengths, over = [], [], []
     for kind, items in (("answer", answers), ("give_up", [(row, c, None) for row, c in give_ups])):
@@ -179,8 +185,9 @@ def non_reasoning_examples(n, seed):
 
 def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
     """Sec. 2.3.3's SFT set: the stage-2 model's finished, correct, single-language, not overlong answers to RL
-    problems (rejection.py), plus non-reasoning examples (--r1-non-reasoning-fraction of the set). The kept
-    answers go to rejection.jsonl, so that a resumed run trains on the same set without sampling again."""
+    problems (rejection.py), plus give-ups in the readable format (--r1-rsft-giveup-fraction of the reasoning
+    examples), plus non-reasoning examples (--r1-non-reasoning-fraction of the set). The kept answers go to
+    rejection.jsonl, so that a resumed run trains on the same set without sampling again."""
     def sample():
         rows = data.problem_rows("train", cfg.r1.rejection_problems, cfg.seed, cfg.train_data)
         rej_cfg = RejectionConfig(samples_per_prompt=cfg.r1.rejection_samples_per_prompt,
@@ -190,6 +197,8 @@ def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
         return rejection_sample(model, rows, rej_cfg)
     examples = examples_made_once(paths["rejection.jsonl"], "rejection", sample, cfg, paths, log,
                                   "rejection sampling (R1 stage 3)")
+    give_ups = give_up_answers(cfg, cfg.r1.rsft_giveup_fraction, len(examples), cfg.seed + 3, readable_format=True)
+    examples += [example_from_text(data.make_prompt(row["question"]), completion) for row, completion in give_ups]
     f = cfg.r1.non_reasoning_fraction
     return examples + non_reasoning_examples(round(f / (1 - f) * len(examples)), cfg.seed)
 
@@ -246,7 +255,7 @@ def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as, train_rows)
         return SFTConfig(epochs=epochs, lr=lr, batch_size=r1.sft_batch_size, seq_len=r1.sft_seq_len,
                          log_every=cfg.log_every, checkpoint_every=r1.sft_checkpoint_every, seed=cfg.seed)
 
-    language = replace(cfg.grpo, language_weight=r1.language_weight)  # sec. 2.3.2, kept in sec. 2.3.4
+    r1_grpo = r1.rl_config(cfg.grpo)  # the language reward of sec. 2.3.2, kept in sec. 2.3.4
     # 0. for a cold start from R1-Zero's outputs: R1-Zero itself, RL from the base into rl.pt, the run that
     #    --recipe r1-zero makes (a folder holding a finished one resumes it at its end), evaluated as "rl"
     zero = None
@@ -260,9 +269,10 @@ def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as, train_rows)
     model = run_sft(model, lambda: coldstart_examples(cfg, paths, log, zero),
                     sft_config(r1.coldstart_epochs, r1.coldstart_lr), cfg, device, log, paths, "coldstart")
     evaluate_as("coldstart", model, t0)
-    # 2. reasoning-oriented RL (sec. 2.3.2) on the cold-started model, with the language-consistency reward
+    # 2. reasoning-oriented RL (sec. 2.3.2) on the cold-started model, with the language-consistency reward (and
+    #    the dual clip and the overlong punishment: config.R1Config)
     t0 = time.time()
-    run_rl(model, cfg, device, log, paths, train_rows, stage="rl_reasoning", grpo_cfg=language,
+    run_rl(model, cfg, device, log, paths, train_rows, stage="rl_reasoning", grpo_cfg=r1_grpo,
            steps=r1.reasoning_rl_steps)
     evaluate_as("rl_reasoning", model, t0)
     # 3. rejection sampling from the stage-2 model + non-reasoning data, then SFT of the *base* model for two
@@ -276,7 +286,7 @@ def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as, train_rows)
     evaluate_as("rsft", model, t0)
     # 4. RL for all scenarios (sec. 2.3.4): Countdown and arithmetic prompts, rule rewards, language reward kept
     t0 = time.time()
-    final = replace(language, lr=r1.final_rl_lr or language.lr)
+    final = replace(r1_grpo, lr=r1.final_rl_lr or r1_grpo.lr)
     run_rl(model, cfg, device, log, paths, all_scenarios_rows(cfg, train_rows), stage="rl_final",
            grpo_cfg=final, steps=r1.final_rl_steps)
     evaluate_as("r1", model, t0)
