@@ -318,7 +318,7 @@ def test_r1_config_flags(capsys):
     assert cfg.recipe == "r1" and cfg.r1.language_weight == 0.5 and cfg.r1.rsft_epochs == 3
     assert train.parse_args([]).recipe == "r1-zero"
     assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "base", 0.0)
-    assert (cfg.r1.coldstart_giveup_fraction, cfg.r1.rsft_giveup_fraction) == (0.0, 0.0)
+    assert cfg.r1.coldstart_giveup_fraction == 0.0
     cfg = train.parse_args(["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--r1-rsft-from", "reasoner",
                             "--r1-final-rl-lr", "1e-5", "--r1-coldstart-giveup-fraction", "0.1"])
     assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "reasoner", 1e-5)
@@ -331,7 +331,6 @@ def test_r1_config_flags(capsys):
                          (["--r1-coldstart-max-tokens", "-1"], "--r1-coldstart-max-tokens must be >= 0"),
                          (["--r1-coldstart-giveup-fraction", "1"], "--r1-coldstart-giveup-fraction must be in"),
                          (["--r1-final-rl-lr", "-1"], "--r1-final-rl-lr must be >= 0"),
-                         (["--r1-rsft-giveup-fraction", "-0.1"], "--r1-rsft-giveup-fraction must be in"),
                          (["--r1-clip-ratio-c", "1"], "--r1-clip-ratio-c must be 0 (off) or a number > 1"),
                          (["--r1-overlong-buffer-frac", "1"], "--r1-overlong-buffer-frac must be in"),
                          (["--r1-coldstart-r1zero-samples", "0"], "--r1-coldstart-r1zero-samples must be >= 1"),
@@ -354,21 +353,6 @@ def test_r1_rl_stages_add_the_dual_clip_and_the_overlong_punishment_to_the_paper
                             "--rl-overlong-buffer", "16"])
     stage = cfg.r1.rl_config(cfg.grpo)
     assert (stage.clip_ratio_c, stage.overlong_buffer, cfg.grpo.overlong_buffer) == (0.0, 0, 16)
-
-
-def test_rejection_sft_set_adds_give_ups_and_non_reasoning_examples(tmp_path, monkeypatch):
-    monkeypatch.setattr(r1, "rejection_sample", correct_samples)
-    for fraction, give_ups in ((0.0, 0), (0.25, 10)):
-        paths = {"rejection.jsonl": str(tmp_path / f"rejection{fraction}.jsonl"),
-                 "metrics.jsonl": str(tmp_path / "metrics.jsonl")}
-        cfg = train.parse_args(["--setup", "gpu", "--recipe", "r1", "--r1-rejection-problems", "30",
-                                "--r1-rsft-giveup-fraction", str(fraction)])
-        examples = r1.rejection_sft_examples(None, cfg, paths, lambda row: None)
-        reasoning = 30 + give_ups  # give-ups: round(0.25 / 0.75 * 30); non-reasoning: a quarter of the whole set
-        assert len(examples) == reasoning + round(0.25 / 0.75 * reasoning)
-        completions = [data.get_tokenizer().decode(completion) for _, completion in examples[30:reasoning]]
-        for completion in completions:  # the corpus writer's give-ups, in the cold start's readable format
-            assert "Summary:" in completion and completion.count("Wait,") == 10, completion
 
 
 # -----------------------------------------------------------------------------
