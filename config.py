@@ -85,6 +85,17 @@ class R1Config:
     # after each stage brings R1's truncated share to 1.1% and 0.5% on two seeds, 12.8% on the third (results/r1)
     overlong_buffer_frac: Annotated[float, "stages 2 and 4 punish answers in this last share of the token budget "
                                     "(64 of 512 tokens, where rejection sampling's length cap starts; 0: off)"] = 0.125
+    # the loops themselves: an answer that tries a candidate again, and again, until the budget ends. A repeat that
+    # the sampling escapes at temperature 1 costs a rollout nothing, so RL lets the habit grow, and at the
+    # evaluation's 0.6 it no longer escapes. The penalty makes every repeat cost, finished or not: the n-gram
+    # repetition penalty of Yeo et al. 2025 (arXiv:2502.03373, Algorithm 1) on this task's unit of repetition,
+    # the candidate
+    repeat_penalty: Annotated[float, "stages 2 and 4 subtract this times the share of an answer's candidates "
+                              "tried before (1: a hit always beats a finished miss; 0: off)"] = 1.0
+    # the paper lowers the sampling temperature to 0.7 in its last RL stage (sec. 2.3.4; the Nature version's
+    # training details: higher ones made the generation incoherent), and rollouts near the evaluation's 0.6 show
+    # the loops that 1.0 escapes
+    final_rl_temperature: Annotated[float, "sampling temperature of stage 4's rollouts"] = 0.7
     rejection_problems: Annotated[int, "RL problems the stage-2 model answers for rejection sampling (sec. "
                                   "2.3.3)"] = 1000
     rejection_samples_per_prompt: Annotated[int, "answers sampled per problem"] = 8
@@ -102,10 +113,11 @@ class R1Config:
     final_rl_lr: Annotated[float, "learning rate of stage 4's GRPO; 0: --rl-lr, as stage 2"] = 0.0
 
     def rl_config(self, grpo: GRPOConfig) -> GRPOConfig:
-        """The GRPO settings of stages 2 and 4: `grpo` with the language reward, the dual clip and the overlong
-        punishment above in place of its own."""
+        """The GRPO settings of stages 2 and 4: `grpo` with the language reward, the dual clip, the overlong
+        punishment and the repeat penalty above in place of its own."""
         return replace(grpo, language_weight=self.language_weight, clip_ratio_c=self.clip_ratio_c,
-                       overlong_buffer=int(self.overlong_buffer_frac * grpo.max_new_tokens))
+                       overlong_buffer=int(self.overlong_buffer_frac * grpo.max_new_tokens),
+                       repeat_penalty=self.repeat_penalty)
 
     def validate(self):
         for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",
@@ -119,8 +131,11 @@ class R1Config:
         for name in ("coldstart_lr", "rsft_lr"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"R1Config.{name} must be a positive number")
-        if not (self.language_weight >= 0 and math.isfinite(self.language_weight)):
-            raise ValueError(f"R1Config.language_weight must be >= 0, got {self.language_weight}")
+        for name in ("language_weight", "repeat_penalty"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"R1Config.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.final_rl_temperature > 0 and math.isfinite(self.final_rl_temperature)):
+            raise ValueError(f"R1Config.final_rl_temperature must be > 0, got {self.final_rl_temperature}")
         if not 0 < self.rejection_max_tokens_frac <= 1:
             raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
         for name in ("non_reasoning_fraction", "final_arithmetic_fraction", "coldstart_giveup_fraction",

@@ -414,7 +414,7 @@ def run(cfg: DistillConfig):
     if not os.path.exists(teacher_eval_path):
         evaluation = evaluate_model(teacher)
         write_json(teacher_eval_path, evaluation)
-        print("teacher:", {k: v for k, v in evaluation.items() if k != "example"})
+        print("teacher:", {k: v for k, v in evaluation.items() if not k.endswith("example")})
     results.update(rejection=json.load(open(rejection_path)), teacher=json.load(open(teacher_eval_path)))
     save_results()
     del teacher
@@ -435,7 +435,7 @@ def run(cfg: DistillConfig):
                         evals[method] = evaluate_model(student.load(method + ".pt"))
                         write_json(eval_path, evals)
                         print(f"{students_folder(scale)}/{preset} seed {seed} {method}:",
-                              {k: v for k, v in evals[method].items() if k != "example"})
+                              {k: v for k, v in evals[method].items() if not k.endswith("example")})
     results["students"] = collect_students(out_dir)
     # the other corpora's students of every run into this --out-dir, by reflect scale
     results["students_by_reflect_scale"] = {

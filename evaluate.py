@@ -78,4 +78,5 @@ def evaluate(model, rows, k, max_new_tokens, temperature, top_p, batch_size=512)
             "repeat_rate": sums["repeats"] / (n_problems * k),  # answers that try a candidate twice
             "truncated_repeat_rate": sums["truncated_repeats"] / sums["truncated"] if sums["truncated"] else None,
             "summary_rate": sums["summaries"] / sums["countdown"] if sums["countdown"] else None,
-            "problems": n_problems, "samples_per_problem": k, "example": batch.texts[0] if batch.texts else None}
+            "problems": n_problems, "samples_per_problem": k, "example": batch.texts[0] if batch.texts else None,
+            "truncated_example": batch.texts[truncated[0]] if truncated else None}  # what a loop looks like

@@ -60,6 +60,7 @@ from typing import Annotated
 import torch
 
 import distributed
+import readable
 from data import TASKS, pad_token_id, stop_token_ids
 from rewards import score
 from sample import generate, rollouts
@@ -244,6 +245,9 @@ class GRPOConfig:
     # punish overlong answers: config.R1Config.overlong_buffer_frac)
     overlong_filter: Annotated[bool, "truncated responses (no stop token within the budget) carry no gradient"] = False
     overlong_buffer: Annotated[int, "soft punishment over the budget's last N tokens (see overlong_penalty)"] = 0
+    # off in R1-Zero's RL; on in R1's RL stages (config.R1Config.repeat_penalty)
+    repeat_penalty: Annotated[float, "reward - repeat_penalty * the share of an answer's candidates that repeat "
+                              "one it tried before (readable.repeated_share)"] = 0.0
 
     def validate(self):
         if self.group_size < 2:
@@ -269,6 +273,8 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.loss_agg_mode must be one of {LOSS_AGG_MODES}")
         if not 0 <= self.overlong_buffer < self.max_new_tokens:
             raise ValueError("need 0 <= GRPOConfig.overlong_buffer < GRPOConfig.max_new_tokens")
+        if not (self.repeat_penalty >= 0 and math.isfinite(self.repeat_penalty)):
+            raise ValueError(f"GRPOConfig.repeat_penalty must be a number >= 0, got {self.repeat_penalty}")
 
 
 def row_ends(prompts, completions):
@@ -356,17 +362,20 @@ class GRPOTrainer:
             score=lambda text, row: self.reward_fn(text, row, cfg.format_weight, cfg.language_weight))
         t_rollout = time.time() - t0
 
-        # 2. The reward of each rollout, with DAPO's overlong shaping when asked for
+        # 2. The reward of each rollout: the rule reward, with the shaping R1's RL stages add when asked for
+        #    (DAPO's overlong punishment; a penalty on candidates tried again, the loops that never finish)
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
         truncated = torch.tensor([len(c) == cfg.max_new_tokens and c[-1] not in self.stop_ids for c in completions])
-        reward = torch.tensor([s.total for s in scores]) + overlong_penalty(lengths, cfg.max_new_tokens,
-                                                                            cfg.overlong_buffer)
+        repeated = torch.tensor([readable.repeated_share(text) for text in texts])
+        reward = (torch.tensor([s.total for s in scores]) - cfg.repeat_penalty * repeated
+                  + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer))
         reward = reward.view(len(rows), G)
 
         # 3. The update: advantages, old and reference log-probs, μ passes of minibatch steps
         t1 = time.time()
         summary = self.update(prompts, completions, reward, keep=~truncated if cfg.overlong_filter else None)
-        summary.update(rollout_stats(rows, G, scores, reward, lengths, truncated, t_rollout, time.time() - t1))
+        summary.update(rollout_stats(rows, G, scores, reward, lengths, truncated, repeated, t_rollout,
+                                     time.time() - t1))
 
         # "aha" examples: the model reflected ("Wait", "Warte", ...: rewards.reflection_count), and ended correct
         aha = [{"question": rows[i // G]["question"], "response": texts[i], "reflections": scores[i].reflections}
@@ -474,10 +483,11 @@ def combine(values, op):
     return sum(values) if op == "sum" else max(values) if op == "max" else sum(values) / len(values)
 
 
-def rollout_stats(rows, G, scores, reward, lengths, truncated, rollout_s, train_s):
+def rollout_stats(rows, G, scores, reward, lengths, truncated, repeated, rollout_s, train_s):
     """What a step's rollouts show, over all ranks (each rank holds the same number of rollouts, so means
     average): reward, accuracy, format, length, reflections (and among correct answers), language consistency,
-    groups that carry a gradient, truncation, speed, and each task's accuracy where a step mixes tasks."""
+    groups that carry a gradient, truncation (and groups truncated whole: no gradient tells them to stop), answers
+    that try a candidate again, speed, and each task's accuracy where a step mixes tasks."""
     n = len(scores)
     accuracy = torch.tensor([s.accuracy for s in scores])
     reflections = torch.tensor([float(s.reflections) for s in scores])
@@ -486,6 +496,8 @@ def rollout_stats(rows, G, scores, reward, lengths, truncated, rollout_s, train_
         response_len_mean=lengths.mean().item(), reflection_rate=reflections.mean().item(),
         language_consistency=sum(s.language_consistency for s in scores) / n,
         groups_with_signal=(reward.std(1) > 0).float().mean().item(), truncated=truncated.float().mean().item(),
+        truncated_groups=truncated.view(-1, G).all(1).float().mean().item(),
+        repeat_rate=(repeated > 0).float().mean().item(),
         response_len_max=lengths.max().item(), rollout_s=rollout_s, train_s=train_s), STAT_REDUCE)
     tasks = [rows[i // G].get("task") for i in range(n)]
     totals = {"tokens": lengths.sum().item(), "correct": accuracy.sum().item(),

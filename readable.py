@@ -78,6 +78,13 @@ def repeated_candidates(text):
     return len(found) - len(set(found))
 
 
+def repeated_share(text):
+    """The share of an answer's candidates that repeat one it tried before, in [0, 1): 0 without candidates, near
+    1 in a loop. What R1's RL stages punish (grpo.GRPOConfig.repeat_penalty)."""
+    n = len(candidates(text))
+    return repeated_candidates(text) / n if n else 0.0
+
+
 def _fmt(value):
     return str(Fraction(value))  # 55, or 8/3 where a step does not divide
 

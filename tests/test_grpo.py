@@ -430,6 +430,34 @@ def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
     assert torch.allclose(model.head.weight.grad, grads[(True, False, True, False)], atol=1e-6)
 
 
+def test_a_step_subtracts_the_repeat_penalty_and_logs_repeats_and_groups_cut_whole():
+    """R1's RL stages punish candidates tried again (GRPOConfig.repeat_penalty): the reward the update sees is the
+    rule reward minus the penalty times readable.repeated_share; the step logs the share of answers that repeat and
+    of groups whose every answer was cut at the budget."""
+    from data import get_tokenizer
+    from grpo import GRPOConfig, GRPOTrainer
+    from rewards import Reward
+
+    enc = get_tokenizer()
+    once, loop = " Try 5 * 7: 5 * 7 = 35. Wait, 35 is not 50.", " Try 5 * 7: 5 * 7 = 35. Wait, 35 is not 50." * 3
+    answers = [enc.encode(text) for text in (once, loop, loop, loop)]  # group 1: once, loop; group 2: loop, loop
+    budget = max(len(a) for a in answers)
+    for penalty in (0.0, 0.5):
+        trainer = GRPOTrainer(float64_model(), GRPOConfig(group_size=2, max_new_tokens=budget, minibatches=1,
+                                                          repeat_penalty=penalty), torch.device("cpu"),
+                              reward_fn=lambda text, row, fw, lw: Reward(1.0, 1.0, 1.0, 0, 1.0))
+        trainer.generate = lambda prompts, *args: [list(a) for a in answers]
+        seen = {}
+
+        def update(prompts, completions, reward, keep=None):
+            seen["reward"] = reward
+            return {}
+        trainer.update = update
+        stats = trainer.step([{"task": "countdown", "question": "a"}, {"task": "countdown", "question": "b"}])[0]
+        assert seen["reward"].flatten().tolist() == pytest.approx([1.0] + [1 - penalty * 2 / 3] * 3)
+        assert (stats["repeat_rate"], stats["truncated"], stats["truncated_groups"]) == (0.75, 0.75, 0.5)
+
+
 def test_overlong_buffer_must_fit_the_budget():
     from grpo import GRPOConfig
     with pytest.raises(ValueError):

@@ -42,6 +42,14 @@ def test_messy_r1_zero_answer_becomes_readable_english_with_a_summary_and_the_sa
                                                "false_reject": 0}
 
 
+def test_repeated_share_is_the_share_of_candidates_tried_before():
+    assert readable.repeated_share(MESSY) == 2 / 8  # 8 candidates, the guess among them; 2 tried before
+    assert readable.repeated_share(THINK + READABLE) == 0.0
+    assert readable.repeated_share("<think> 7 * 3 = 21. </think> <answer> 21 </answer>") == 0.0  # no candidate
+    loop = THINK + " Try 5 * 7: 5 * 7 = 35. Wait, 35 is not 50." * 40  # cut at the budget: no "</think>"
+    assert readable.repeated_share(loop) == 39 / 40
+
+
 def test_an_answer_that_gives_up_keeps_its_wrong_answer_and_summarises_its_value():
     text = ("<think> Versuche 9 * 5 + 10: 9 * 5 = 45, 45 + 10 = 55. Warte, 55 ist nicht 85. Versuche 9 * 10 + 5: "
             "9 * 10 = 90, 90 + 5 = 95. Warte, 95 ist nicht 85. </think> <answer> 9 * 10 + 5 </answer>")
