@@ -87,15 +87,16 @@ class R1Config:
                                     "(64 of 512 tokens, where rejection sampling's length cap starts; 0: off)"] = 0.125
     # the loops themselves: an answer that tries a candidate again, and again, until the budget ends. A repeat that
     # the sampling escapes at temperature 1 costs a rollout nothing, so RL lets the habit grow, and at the
-    # evaluation's 0.6 it no longer escapes. The penalty makes every repeat cost, finished or not: the n-gram
+    # evaluation's 0.6 it no longer escapes. A penalty makes every repeat cost, finished or not: the n-gram
     # repetition penalty of Yeo et al. 2025 (arXiv:2502.03373, Algorithm 1) on this task's unit of repetition,
-    # the candidate
+    # the candidate. Off by default: the committed R1 runs have none
     repeat_penalty: Annotated[float, "stages 2 and 4 subtract this times the share of an answer's candidates "
-                              "tried before (1: a hit always beats a finished miss; 0: off)"] = 1.0
+                              "tried before (up to 1, a hit still beats a finished miss; 0: off)"] = 0.0
     # the paper lowers the sampling temperature to 0.7 in its last RL stage (sec. 2.3.4; the Nature version's
-    # training details: higher ones made the generation incoherent), and rollouts near the evaluation's 0.6 show
-    # the loops that 1.0 escapes
-    final_rl_temperature: Annotated[float, "sampling temperature of stage 4's rollouts"] = 0.7
+    # training details: higher ones made the generation incoherent); rollouts near the evaluation's 0.6 show the
+    # loops that 1.0 escapes. The committed R1 runs sample stage 4 as stage 2
+    final_rl_temperature: Annotated[float, "sampling temperature of stage 4's rollouts; 0: --rl-temperature, as "
+                                    "stage 2"] = 0.0
     rejection_problems: Annotated[int, "RL problems the stage-2 model answers for rejection sampling (sec. "
                                   "2.3.3)"] = 1000
     rejection_samples_per_prompt: Annotated[int, "answers sampled per problem"] = 8
@@ -134,8 +135,9 @@ class R1Config:
         for name in ("language_weight", "repeat_penalty"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"R1Config.{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.final_rl_temperature > 0 and math.isfinite(self.final_rl_temperature)):
-            raise ValueError(f"R1Config.final_rl_temperature must be > 0, got {self.final_rl_temperature}")
+        if not (self.final_rl_temperature >= 0 and math.isfinite(self.final_rl_temperature)):
+            raise ValueError(f"R1Config.final_rl_temperature must be >= 0 (0: as stage 2), got "
+                             f"{self.final_rl_temperature}")
         if not 0 < self.rejection_max_tokens_frac <= 1:
             raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
         for name in ("non_reasoning_fraction", "final_arithmetic_fraction", "coldstart_giveup_fraction",

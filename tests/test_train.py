@@ -335,7 +335,7 @@ def test_r1_config_flags(capsys):
                          (["--r1-overlong-buffer-frac", "1"], "--r1-overlong-buffer-frac must be in"),
                          (["--r1-repeat-penalty", "-1"], "--r1-repeat-penalty must be >= 0"),
                          (["--rl-repeat-penalty", "nan"], "--rl-repeat-penalty must be a number >= 0"),
-                         (["--r1-final-rl-temperature", "0"], "--r1-final-rl-temperature must be > 0"),
+                         (["--r1-final-rl-temperature", "-1"], "--r1-final-rl-temperature must be >= 0"),
                          (["--r1-coldstart-r1zero-samples", "0"], "--r1-coldstart-r1zero-samples must be >= 1"),
                          (["--eval-arithmetic-samples", "0"], "--eval-arithmetic-samples must be positive"),
                          (["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--rl-steps", "0"],
@@ -352,14 +352,14 @@ def test_r1_rl_stages_add_the_dual_clip_the_overlong_and_the_repeat_punishment_t
                 cfg.grpo.repeat_penalty) == (0.0, 0.0, 0, 0.0)
         stage = cfg.r1.rl_config(cfg.grpo)
         assert (stage.language_weight, stage.clip_ratio_c, stage.overlong_buffer,
-                stage.repeat_penalty) == (1.0, 3.0, budget // 8, 1.0)
+                stage.repeat_penalty) == (1.0, 3.0, budget // 8, 0.0)
         assert replace(stage, language_weight=0.0, clip_ratio_c=0.0, overlong_buffer=0, repeat_penalty=0.0) == cfg.grpo
-        assert (cfg.grpo.temperature, cfg.r1.final_rl_temperature) == (1.0, 0.7)  # stage 4 samples cooler
+        assert (cfg.grpo.temperature, cfg.r1.final_rl_temperature) == (1.0, 0.0)  # stage 4 samples as stage 2
     cfg = train.parse_args(["--recipe", "r1", "--r1-clip-ratio-c", "0", "--r1-overlong-buffer-frac", "0",
-                            "--rl-overlong-buffer", "16", "--r1-repeat-penalty", "0", "--rl-repeat-penalty", "0.5"])
+                            "--rl-overlong-buffer", "16", "--r1-repeat-penalty", "1", "--rl-repeat-penalty", "0.5"])
     stage = cfg.r1.rl_config(cfg.grpo)
     assert (stage.clip_ratio_c, stage.overlong_buffer, cfg.grpo.overlong_buffer) == (0.0, 0, 16)
-    assert (stage.repeat_penalty, cfg.grpo.repeat_penalty) == (0.0, 0.5)
+    assert (stage.repeat_penalty, cfg.grpo.repeat_penalty) == (1.0, 0.5)
 
 
 # -----------------------------------------------------------------------------
