@@ -92,9 +92,9 @@ class R1Config:
     # the candidate. Off by default: the committed R1 runs have none
     repeat_penalty: Annotated[float, "stages 2 and 4 subtract this times the share of an answer's candidates "
                               "tried before (up to 1, a hit still beats a finished miss; 0: off)"] = 0.0
-    # the paper lowers the sampling temperature to 0.7 in its last RL stage (sec. 2.3.4; the Nature version's
-    # training details: higher ones made the generation incoherent); rollouts near the evaluation's 0.6 show the
-    # loops that 1.0 escapes. The committed R1 runs sample stage 4 as stage 2
+    # the paper lowers the sampling temperature to 0.7 in its last RL stage (sec. 2.3.4, the Nature version's
+    # training details), and rollouts near the evaluation's 0.6 show the loops that 1.0 escapes. The committed R1
+    # runs sample stage 4 as stage 2
     final_rl_temperature: Annotated[float, "sampling temperature of stage 4's rollouts; 0: --rl-temperature, as "
                                     "stage 2"] = 0.0
     rejection_problems: Annotated[int, "RL problems the stage-2 model answers for rejection sampling (sec. "
