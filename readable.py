@@ -80,7 +80,7 @@ def repeated_candidates(text):
 
 def repeated_share(text):
     """The share of an answer's candidates that repeat one it tried before, in [0, 1): 0 without candidates, near
-    1 in a loop. What R1's RL stages punish (grpo.GRPOConfig.repeat_penalty)."""
+    1 in a loop. What grpo.GRPOConfig.repeat_penalty punishes."""
     n = len(candidates(text))
     return repeated_candidates(text) / n if n else 0.0
 

@@ -431,9 +431,9 @@ def test_overlong_filter_drops_truncated_rollouts_from_the_loss():
 
 
 def test_a_step_subtracts_the_repeat_penalty_and_logs_repeats_and_groups_cut_whole():
-    """R1's RL stages punish candidates tried again (GRPOConfig.repeat_penalty): the reward the update sees is the
-    rule reward minus the penalty times readable.repeated_share; the step logs the share of answers that repeat and
-    of groups whose every answer was cut at the budget."""
+    """With GRPOConfig.repeat_penalty, the reward the update sees is the rule reward minus the penalty times
+    readable.repeated_share; every step logs the share of answers that repeat and of groups whose every answer was
+    cut at the budget."""
     from data import get_tokenizer
     from grpo import GRPOConfig, GRPOTrainer
     from rewards import Reward

@@ -345,7 +345,7 @@ def test_r1_config_flags(capsys):
         assert message in capsys.readouterr().err, bad
 
 
-def test_r1_rl_stages_add_the_dual_clip_the_overlong_and_the_repeat_punishment_to_the_paper_grpo():
+def test_r1_rl_stages_add_the_dual_clip_and_the_overlong_punishment_and_take_r1s_repeat_penalty():
     for args, budget in ((["--setup", "gpu"], 512), (["--setup", "cpu"], 256)):
         cfg = train.parse_args(args + ["--recipe", "r1"])
         assert (cfg.grpo.language_weight, cfg.grpo.clip_ratio_c, cfg.grpo.overlong_buffer,
