@@ -89,14 +89,13 @@ class R1Config:
     # the sampling escapes at temperature 1 costs a rollout nothing, so RL lets the habit grow, and at the
     # evaluation's 0.6 it no longer escapes. A penalty makes every repeat cost, finished or not: the n-gram
     # repetition penalty of Yeo et al. 2025 (arXiv:2502.03373, Algorithm 1) on this task's unit of repetition,
-    # the candidate. Off by default: the committed R1 runs have none
+    # the candidate
     repeat_penalty: Annotated[float, "stages 2 and 4 subtract this times the share of an answer's candidates "
-                              "tried before (up to 1, a hit still beats a finished miss; 0: off)"] = 0.0
+                              "tried before (up to 1, a hit still beats a finished miss; 0: off)"] = 0.5
     # the paper lowers the sampling temperature to 0.7 in its last RL stage (sec. 2.3.4, the Nature version's
-    # training details), and rollouts near the evaluation's 0.6 show the loops that 1.0 escapes. The committed R1
-    # runs sample stage 4 as stage 2
+    # training details), and rollouts near the evaluation's 0.6 show the loops that 1.0 escapes
     final_rl_temperature: Annotated[float, "sampling temperature of stage 4's rollouts; 0: --rl-temperature, as "
-                                    "stage 2"] = 0.0
+                                    "stage 2"] = 0.7
     rejection_problems: Annotated[int, "RL problems the stage-2 model answers for rejection sampling (sec. "
                                   "2.3.3)"] = 1000
     rejection_samples_per_prompt: Annotated[int, "answers sampled per problem"] = 8

@@ -245,7 +245,7 @@ class GRPOConfig:
     # punish overlong answers: config.R1Config.overlong_buffer_frac)
     overlong_filter: Annotated[bool, "truncated responses (no stop token within the budget) carry no gradient"] = False
     overlong_buffer: Annotated[int, "soft punishment over the budget's last N tokens (see overlong_penalty)"] = 0
-    # off in R1-Zero's RL; R1's RL stages take config.R1Config.repeat_penalty (off by default too)
+    # off in R1-Zero's RL; R1's RL stages take config.R1Config.repeat_penalty
     repeat_penalty: Annotated[float, "reward - repeat_penalty * the share of an answer's candidates that repeat "
                               "one it tried before (readable.repeated_share)"] = 0.0
 

@@ -352,9 +352,9 @@ def test_r1_rl_stages_add_the_dual_clip_and_the_overlong_punishment_and_take_r1s
                 cfg.grpo.repeat_penalty) == (0.0, 0.0, 0, 0.0)
         stage = cfg.r1.rl_config(cfg.grpo)
         assert (stage.language_weight, stage.clip_ratio_c, stage.overlong_buffer,
-                stage.repeat_penalty) == (1.0, 3.0, budget // 8, 0.0)
+                stage.repeat_penalty) == (1.0, 3.0, budget // 8, 0.5)
         assert replace(stage, language_weight=0.0, clip_ratio_c=0.0, overlong_buffer=0, repeat_penalty=0.0) == cfg.grpo
-        assert (cfg.grpo.temperature, cfg.r1.final_rl_temperature) == (1.0, 0.0)  # stage 4 samples as stage 2
+        assert (cfg.grpo.temperature, cfg.r1.final_rl_temperature) == (1.0, 0.7)  # stage 4 samples nearer the eval's
     cfg = train.parse_args(["--recipe", "r1", "--r1-clip-ratio-c", "0", "--r1-overlong-buffer-frac", "0",
                             "--rl-overlong-buffer", "16", "--r1-repeat-penalty", "1", "--rl-repeat-penalty", "0.5"])
     stage = cfg.r1.rl_config(cfg.grpo)
