@@ -80,9 +80,9 @@ class R1Config:
     clip_ratio_c: Annotated[float, "dual clip of stages 2 and 4: with a negative advantage the ratio counts at most "
                             "c (> 1); 0: off"] = 3.0
     # DAPO's soft overlong punishment (grpo.overlong_penalty) in stages 2 and 4: SFT on answers that end in a hit
-    # leaves the model trying on to the token budget where it cannot solve a problem (11-14% of answers truncated
-    # after either SFT stage on 3 seeds); the penalty makes a truncated answer worse than a finished miss, and the RL
-    # after each stage brings R1's truncated share to 1.1% and 0.5% on two seeds, 12.8% on the third (results/r1)
+    # leaves the model trying on to the token budget where it cannot solve a problem (10-13% of answers truncated
+    # after either SFT stage, results/r1); the penalty makes a truncated answer worse than a finished miss, so the
+    # RL after each stage unlearns the loops, though not on every seed within stage 4's steps (docs/r1.md)
     overlong_buffer_frac: Annotated[float, "stages 2 and 4 punish answers in this last share of the token budget "
                                     "(64 of 512 tokens, where rejection sampling's length cap starts; 0: off)"] = 0.125
     # the loops themselves: an answer that tries a candidate again, and again, until the budget ends. A repeat that
