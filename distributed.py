@@ -16,6 +16,7 @@ Lower than train, grpo (and any other training stage) in the import graph; impor
 import contextlib
 import inspect
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -92,12 +93,22 @@ def setup(device="auto", backend="auto"):
     return torch.device(device)
 
 
-def cleanup():
-    """Leave the process group together: a rank that leaves while its peer is still working (rank 0 writes the
-    plots) can abort at exit in gloo, after destroy_process_group ("terminate called without an active exception")."""
+def finish():
+    """A training script's last call. Under torchrun: leave the process group together, then end the process
+    without the interpreter's teardown; without torchrun, nothing.
+
+    Together, because a rank that leaves while its peer still works (rank 0 writes the plots) can abort gloo.
+    Without teardown, because gloo's worker threads drop their share of a finished collective a moment after the
+    caller's wait returns, and dropping the last reference to a tensor that Python made takes the GIL; a thread
+    that asks for the GIL while the interpreter shuts down is ended by it, and the C++ destructor it was in aborts
+    the process ("terminate called without an active exception", c10d::ProcessGroupGloo::runLoop destroying an
+    AsyncBarrierWork). The callers have closed their files; the console is flushed here."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def wrap(model):

@@ -360,7 +360,7 @@ def main(argv=None):
     if main_rank:
         metrics_file.close()
     say(f"done: {summary}; model in {ckpt_path}")
-    distributed.cleanup()
+    distributed.finish()
     return summary
 
 

@@ -248,7 +248,7 @@ def main(cfg: TrainConfig):
         metrics_file.close()
         plot_curves(paths["metrics.jsonl"], paths["curves.png"])
     say(f"done in {time.time() - t_start:.0f}s; results in {cfg.out_dir}/")
-    distributed.cleanup()
+    distributed.finish()
     return evals
 
 

@@ -109,7 +109,7 @@ def worker(rank, world, port, out_dir):
     torch.set_num_threads(1)
     distributed.setup("cpu", "gloo")
     torch.save(train_steps(), os.path.join(out_dir, f"rank{rank}.pt"))
-    distributed.cleanup()
+    distributed.finish()
 
 
 def free_port():
@@ -185,6 +185,7 @@ def test_two_ranks_resume_a_one_rank_run(tmp_path):
     two = torchrun([*TINY, "--out-dir", out, "--rl-steps", "3", "--resume"])
     assert two.returncode == 0, two.stdout + two.stderr
     assert two.stdout.count("resumed RL at step 1") == 1  # rank 0 alone prints
+    assert two.stdout.count("done in") == 1  # printed before distributed.finish ends the process, and flushed
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["stage"] == "rl"] == [0, 1, 2]  # rank 0 alone writes: each step once
     assert [r["step"] for r in rows if r["stage"] == "pretrain"] == list(range(10))
