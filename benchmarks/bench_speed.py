@@ -91,7 +91,7 @@ def matmul_params(model):
 
 def rl_prompts(n_prompts=64, group_size=8):
     """An RL step's rollout batch: the default recipe's 64 training prompts x 8 samples."""
-    rows = data.countdown_dataset("train", seed=0).to_list()[:n_prompts]
+    rows = data.countdown_rows("train", seed=0)[:n_prompts]
     return [data.encode(data.make_prompt(r["question"])) for r in rows for _ in range(group_size)]
 
 
