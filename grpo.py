@@ -150,6 +150,10 @@ def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=
     return per_seq.mean() if n_total is None else per_seq.sum() / n_total
 
 
+KL_TOKEN_MAX = 10.0      # the most one token's k3 term counts (reached at ref - logp ~ 2.5)
+KL_LOG_RATIO_MAX = 20.0  # keeps exp() finite in the forward and the backward beyond that bound
+
+
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip_eps_high=0.2, clip_ratio_c=0.0,
               kl_beta=0.0, loss_agg_mode="seq-mean-token-mean", max_len=None, n_total=None):
     """
@@ -196,9 +200,11 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
     loss_tok = pg_tok
     kl_tok = None
     if ref_logp is not None:
-        # k3 estimator (DeepSeekMath eq. 4): exp(ref - logp) - (ref - logp) - 1 >= 0, zero iff pi_theta == pi_ref
-        log_ref_ratio = torch.where(mask, ref_logp.detach() - logp, 0.0)
-        kl_tok = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+        # k3 estimator (DeepSeekMath eq. 4): exp(ref - logp) - (ref - logp) - 1 >= 0, zero iff pi_theta == pi_ref.
+        # It grows like exp(ref - logp): one token the policy has made far less likely than the reference would
+        # outweigh the whole batch, so a token's term stops at KL_TOKEN_MAX, as veRL bounds it
+        log_ref_ratio = torch.where(mask, ref_logp.detach() - logp, 0.0).clamp(max=KL_LOG_RATIO_MAX)
+        kl_tok = (torch.exp(log_ref_ratio) - log_ref_ratio - 1).clamp(max=KL_TOKEN_MAX)
         if kl_beta != 0:
             loss_tok = pg_tok + kl_beta * kl_tok  # inside the token average, as in eq. 3
     loss = aggregate_loss(loss_tok, mask, loss_agg_mode, max_len, n_total)

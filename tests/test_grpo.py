@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from grpo import (LOSS_AGG_MODES, GRPOConfig, aggregate_loss, group_advantages, grpo_loss, masked_mean,
-                  minibatch_rows, overlong_penalty)
+from grpo import (KL_TOKEN_MAX, LOSS_AGG_MODES, GRPOConfig, aggregate_loss, group_advantages, grpo_loss,
+                  masked_mean, minibatch_rows, overlong_penalty)
 
 
 # ----------------------------------------------------------------------------- plain reference implementations
@@ -45,7 +45,7 @@ def ref_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, mode, max_len, 
                 term = min(term, torch.tensor(-c * a, dtype=torch.float64))
             if beta != 0:
                 d = float(ref[i, t]) - logp[i, t]
-                term = term + beta * (torch.exp(d) - d - 1)
+                term = term + beta * torch.clamp(torch.exp(d) - d - 1, max=KL_TOKEN_MAX)
             total = total + term
         seq_terms.append((total, n_valid))
         n_valid_total += n_valid
@@ -68,7 +68,7 @@ def ref_stats(logp, old, ref, adv, mask, eps_low, eps_high):
                 r = math.exp(float(logp[i, t]) - float(old[i, t]))
                 d = float(ref[i, t]) - float(logp[i, t])
                 ratios.append(r)
-                kls.append(math.exp(d) - d - 1)
+                kls.append(min(math.exp(d) - d - 1, KL_TOKEN_MAX))
                 a = float(adv[i])
                 clipped += (a > 0 and r > 1 + eps_high) or (a < 0 and r < 1 - eps_low)
     n = len(ratios)
@@ -242,6 +242,20 @@ def test_kl_is_positive_k3_and_pulls_toward_reference():
     (grad,) = torch.autograd.grad(loss, logp)
     step = -grad[mask]
     assert (step * (ref - logp.detach())[mask] > 0).all()
+
+
+def test_kl_of_a_token_far_below_the_reference_is_bounded():
+    # ref - logp of 3 and 200 nats: k3 would be e^3 - 4 ~ 16 and overflow; each counts KL_TOKEN_MAX, with a
+    # finite gradient, and a token inside the bound keeps the plain k3 and its pull
+    logp = torch.tensor([[-1.0, -5.0, -202.0]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-0.5, -2.0, -2.0]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss, stats = grpo_loss(logp, logp.detach(), ref, torch.zeros(1, dtype=torch.float64), mask, kl_beta=1.0,
+                            loss_agg_mode="token-mean")
+    (grad,) = torch.autograd.grad(loss, logp)
+    plain = math.exp(0.5) - 0.5 - 1
+    torch.testing.assert_close(stats["kl"].item(), (plain + 2 * KL_TOKEN_MAX) / 3, rtol=1e-12, atol=0)
+    assert torch.isfinite(grad).all() and grad[0, 0] < 0 and grad[0, 1:].abs().sum() == 0
 
 
 def test_beta_zero_needs_no_reference_and_beta_nonzero_does():
