@@ -10,7 +10,9 @@ import pytest
 matplotlib.use("Agg")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ["learning_curves.ipynb", "aha_moment.ipynb"]
-COMMITTED = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "*", "metrics.jsonl")))
+# every train.py run under results/: results/<what>/seedS, and a variant's results/<what>/<variant>/seedS
+COMMITTED = sorted(os.path.dirname(p) for depth in (2, 3)
+                   for p in glob.glob(os.path.join(ROOT, "results", *["*"] * depth, "metrics.jsonl")))
 
 
 def run_notebook(path, results):
