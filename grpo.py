@@ -150,7 +150,7 @@ def aggregate_loss(loss_tok, mask, loss_agg_mode="seq-mean-token-mean", max_len=
     return per_seq.mean() if n_total is None else per_seq.sum() / n_total
 
 
-KL_TOKEN_MAX = 10.0      # the most one token's k3 term counts (reached at ref - logp ~ 2.5)
+KL_TOKEN_MAX = 10.0      # the most one token's k3 term counts (reached at ref - logp ~ 2.6)
 KL_LOG_RATIO_MAX = 20.0  # keeps exp() finite in the forward and the backward beyond that bound
 
 
