@@ -81,7 +81,7 @@ class R1Config:
     clip_ratio_c: Annotated[float, "dual clip of stages 2 and 4: with a negative advantage the ratio counts at most "
                             "c (> 1); 0: off"] = 3.0
     # DAPO's soft overlong punishment (grpo.overlong_penalty) in stages 2 and 4: SFT on answers that end in a hit
-    # leaves the model trying on to the token budget where it cannot solve a problem (10-13% of answers truncated
+    # leaves the model trying on to the token budget where it cannot solve a problem (4-17% of answers truncated
     # after either SFT stage, results/r1); the penalty makes a truncated answer worse than a finished miss, so the
     # RL after each stage unlearns the loops, though not on every seed within stage 4's steps (docs/r1.md)
     overlong_buffer_frac: Annotated[float, "stages 2 and 4 punish answers in this last share of the token budget "

@@ -171,7 +171,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps_low=0.2, clip
 
     Returns (loss, stats). stats holds detached 0-d tensors (no host sync; .item() them to log):
       pg_loss     the clipped policy-gradient part of the loss alone, aggregated like the loss
-      kl          mean k3 KL to the reference over valid tokens (0 when ref_logp is None)
+      kl          mean k3 KL to the reference over valid tokens, each at most KL_TOKEN_MAX (0 when ref_logp is None)
       clip_frac   fraction of valid tokens the clip silences: rho > 1+eps_high with A > 0, or rho < 1-eps_low
                   with A < 0 (or, dual-clipped, rho > c with A < 0), i.e. where the gradient is zero (as TRL and
                   veRL count it)
