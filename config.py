@@ -56,9 +56,9 @@ class R1Config:
     # where they come from. oracle: the corpus writer's English reflect answers, kept when right (the writer of the
     # pretraining data: a cleaner source than R1 had); r1zero: R1-Zero's own correct answers (its RL first, from the
     # same base, as --recipe r1-zero runs it), rewritten readable (readable.py: English, no repeats, a summary), as
-    # sec. 2.3.1 gathers them. From the same R1-Zero runs (results/r1), R1 reaches 88.0% and 83.8% pass@1 from
-    # oracle's with format rates 1.000 and 0.980 (seeds 0 and 1), and 88.2% and 42.5% from r1zero's, with 0.913
-    # and 0.523 (seed 1's final RL diverged)
+    # sec. 2.3.1 gathers them. On seeds 0-2 (results/r1), R1 reaches 86.0, 83.0 and 85.1% pass@1 from oracle's,
+    # with format rates 0.974-0.999, and 88.2, 42.5 and 82.9% from r1zero's, with 0.913, 0.523 and 0.994 (seed 1's
+    # final RL diverged)
     coldstart_source: Annotated[str, "oracle or r1zero: who writes the cold-start CoTs (see above)"] = "oracle"
     coldstart_r1zero_problems: Annotated[int, "pretraining-split problems the R1-Zero model answers (r1zero "
                                          "source)"] = 1000
@@ -119,6 +119,12 @@ class R1Config:
         return replace(grpo, language_weight=self.language_weight, clip_ratio_c=self.clip_ratio_c,
                        overlong_buffer=int(self.overlong_buffer_frac * grpo.max_new_tokens),
                        repeat_penalty=self.repeat_penalty)
+
+    def final_rl_config(self, grpo: GRPOConfig) -> GRPOConfig:
+        """The GRPO settings of stage 4, RL after SFT: rl_config's, with stage 4's temperature and learning rate
+        (0: `grpo`'s). distill.py's distilled + RL runs them too."""
+        return replace(self.rl_config(grpo), lr=self.final_rl_lr or grpo.lr,
+                       temperature=self.final_rl_temperature or grpo.temperature)
 
     def validate(self):
         for name in ("coldstart_examples", "coldstart_epochs", "rejection_problems", "rejection_samples_per_prompt",

@@ -9,7 +9,8 @@ steps). This runs that comparison at nanoR1's scale, for each student size and s
 2. base student: pretrain the student preset on the teacher's corpus with the teacher's token budget;
 3. RL baseline: GRPO on the base student, with at least as many steps as the teacher got (rl.run_rl);
 4. distilled: SFT of the base student on teacher.jsonl (sft.py; R1 distils with SFT only);
-5. distilled+RL: a GRPO stage on the distilled student (R1 sec. 2.4 leaves this to the community);
+5. distilled+RL: a GRPO stage on the distilled student with the settings of R1's stage 4, RL after SFT (R1
+   sec. 2.4 leaves this to the community);
 
 Where the comparison's condition holds. In R1 the small model's base holds far less of the teacher's reasoning
 than the teacher's base did (scale). Here a student pretrains on the teacher's corpus by default, so its base holds
@@ -81,7 +82,8 @@ class DistillConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     # 32 answers to each train problem, up to 16 kept (about 30k). With 1,000 problems x 8 answers (3.7k kept) the
     # students whose corpus seldom reflects imitated the teacher's checks without making them ("Let me verify: v = T"
-    # with v the target in 17-23% of their checks); with these, three of four make them (68-91%, results/distill)
+    # with v the target in 17-23% of their checks); with 8x the answers they make them far more often
+    # (results/distill, verify precision)
     rejection: RejectionConfig = field(default_factory=lambda: RejectionConfig(samples_per_prompt=32,
                                                                                keep_per_prompt=16))
 
@@ -249,12 +251,14 @@ class Student:
         torch.manual_seed(self.cfg.seed)
         pretrain_base(self.cfg, self.device, self.log, self.paths)
 
-    def rl(self, stage, init, steps):
-        """GRPO from checkpoint `init` for `steps` steps into stage.pt; run_rl resumes from stage.pt itself."""
+    def rl(self, stage, init, steps, grpo_cfg=None):
+        """GRPO (grpo_cfg, default the teacher's R1-Zero settings) from checkpoint `init` for `steps` steps into
+        stage.pt; run_rl resumes from stage.pt itself."""
         if self.finished(stage, steps):
             return
         model = self.load(init)
-        run_rl(model, self.cfg, self.device, self.log, self.paths, self.train_rows, stage=stage, steps=steps)
+        run_rl(model, self.cfg, self.device, self.log, self.paths, self.train_rows, stage=stage, steps=steps,
+               grpo_cfg=grpo_cfg)
         if not steps:  # nothing to train: the stage's model is its init
             self.save(stage + ".pt", model, step=0)
 
@@ -294,7 +298,10 @@ class Student:
         self.base()
         self.rl("rl", "base.pt", self.cfg.rl_steps)
         self.distilled(teacher_jsonl, teacher_sha)
-        self.rl("distilled_rl", "distilled.pt", self.distill_rl_steps)
+        # RL after SFT, as R1's stage 4: a student fine-tuned on answers that end in a hit tries on where it cannot
+        # solve, repeating candidates, and R1-Zero's GRPO at temperature 1 lets those loops grow; stage 4's
+        # settings (config.R1Config) punish them and sample nearer the evaluation's temperature
+        self.rl("distilled_rl", "distilled.pt", self.distill_rl_steps, self.cfg.r1.final_rl_config(self.cfg.grpo))
 
 # -----------------------------------------------------------------------------
 # Results

@@ -277,9 +277,7 @@ def run_r1(model, cfg: TrainConfig, device, log, paths, evaluate_as, train_rows)
     evaluate_as("rsft", model, t0)
     # 4. RL for all scenarios (sec. 2.3.4): Countdown and arithmetic prompts, rule rewards, language reward kept
     t0 = time.time()
-    final = replace(r1_grpo, lr=r1.final_rl_lr or r1_grpo.lr,
-                    temperature=r1.final_rl_temperature or r1_grpo.temperature)
     run_rl(model, cfg, device, log, paths, all_scenarios_rows(cfg, train_rows), stage="rl_final",
-           grpo_cfg=final, steps=r1.final_rl_steps)
+           grpo_cfg=r1.final_rl_config(cfg.grpo), steps=r1.final_rl_steps)
     evaluate_as("r1", model, t0)
     return model

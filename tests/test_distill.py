@@ -62,8 +62,18 @@ def mtimes(folder):
 def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     teacher = make_teacher(str(tmp_path / "teacher"))
     monkeypatch.setattr(rejection.engine, "decoder_for", lambda model: SolvingDecoder(model).generate)
+    grpo_of_stage, run_rl = {}, distill.run_rl
+
+    def recording_run_rl(model, cfg, *args, stage="rl", grpo_cfg=None, **kwargs):
+        grpo_of_stage[stage] = grpo_cfg or cfg.grpo
+        return run_rl(model, cfg, *args, stage=stage, grpo_cfg=grpo_cfg, **kwargs)
+
+    monkeypatch.setattr(distill, "run_rl", recording_run_rl)
     out = tmp_path / "distill"
     results = distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS])
+    # the RL baseline runs the teacher's R1-Zero GRPO; the distilled student's RL, after SFT, R1's stage-4 settings
+    assert grpo_of_stage["rl"] == TEACHER_CFG.grpo
+    assert grpo_of_stage["distilled_rl"] == TEACHER_CFG.r1.final_rl_config(TEACHER_CFG.grpo) != TEACHER_CFG.grpo
     student = out / "students" / "tiny" / "seed0"
     for name in ("base.pt", "rl.pt", "distilled.pt", "distilled_rl.pt"):
         assert (student / name).exists(), name

@@ -355,11 +355,18 @@ def test_r1_rl_stages_add_the_dual_clip_and_the_overlong_punishment_and_take_r1s
                 stage.repeat_penalty) == (1.0, 3.0, budget // 8, 0.5)
         assert replace(stage, language_weight=0.0, clip_ratio_c=0.0, overlong_buffer=0, repeat_penalty=0.0) == cfg.grpo
         assert (cfg.grpo.temperature, cfg.r1.final_rl_temperature) == (1.0, 0.7)  # stage 4 samples nearer the eval's
+        final = cfg.r1.final_rl_config(cfg.grpo)
+        assert replace(final, temperature=1.0) == stage and final.temperature == 0.7
     cfg = train.parse_args(["--recipe", "r1", "--r1-clip-ratio-c", "0", "--r1-overlong-buffer-frac", "0",
                             "--rl-overlong-buffer", "16", "--r1-repeat-penalty", "1", "--rl-repeat-penalty", "0.5"])
     stage = cfg.r1.rl_config(cfg.grpo)
     assert (stage.clip_ratio_c, stage.overlong_buffer, cfg.grpo.overlong_buffer) == (0.0, 0, 16)
     assert (stage.repeat_penalty, cfg.grpo.repeat_penalty) == (1.0, 0.5)
+    # stage 4's own temperature and learning rate, 0 taking stage 2's
+    cfg = train.parse_args(["--recipe", "r1", "--r1-final-rl-temperature", "0", "--r1-final-rl-lr", "3e-6"])
+    final = cfg.r1.final_rl_config(cfg.grpo)
+    assert (final.temperature, final.lr) == (cfg.grpo.temperature, 3e-6)
+    assert replace(final, lr=cfg.grpo.lr) == cfg.r1.rl_config(cfg.grpo)
 
 
 # -----------------------------------------------------------------------------
