@@ -56,8 +56,8 @@ class R1Config:
     # where they come from. oracle: the corpus writer's English reflect answers, kept when right (the writer of the
     # pretraining data: a cleaner source than R1 had); r1zero: R1-Zero's own correct answers (its RL first, from the
     # same base, as --recipe r1-zero runs it), rewritten readable (readable.py: English, no repeats, a summary), as
-    # sec. 2.3.1 gathers them. On seeds 0-2 R1 reaches 86.0, 83.0 and 85.1% pass@1 from oracle's, with format rates
-    # 0.974-0.999 (results/r1); results/r1/README.md compares r1zero's, whose runs have R1-Zero bases of their own
+    # sec. 2.3.1 gathers them. On seeds 0-2 R1 reaches 87.3, 83.0 and 85.1% pass@1 from oracle's, with format rates
+    # 0.939-0.980 (results/r1); results/r1/README.md compares r1zero's, whose runs have R1-Zero bases of their own
     coldstart_source: Annotated[str, "oracle or r1zero: who writes the cold-start CoTs (see above)"] = "oracle"
     coldstart_r1zero_problems: Annotated[int, "pretraining-split problems the R1-Zero model answers (r1zero "
                                          "source)"] = 1000
