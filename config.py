@@ -56,8 +56,8 @@ class R1Config:
     # where they come from. oracle: the corpus writer's English reflect answers, kept when right (the writer of the
     # pretraining data: a cleaner source than R1 had); r1zero: R1-Zero's own correct answers (its RL first, from the
     # same base, as --recipe r1-zero runs it), rewritten readable (readable.py: English, no repeats, a summary), as
-    # sec. 2.3.1 gathers them. On seeds 0-2 R1 reaches 87.3, 83.0 and 85.1% pass@1 from oracle's, with format rates
-    # 0.939-0.980 (results/r1); results/r1/README.md compares r1zero's, whose runs have R1-Zero bases of their own
+    # sec. 2.3.1 gathers them. On seeds 0-2 R1 reaches 87.3, 85.2 and 79.5% pass@1 from oracle's, with format rates
+    # 0.877-0.996 (results/r1); results/r1/README.md compares r1zero's, whose runs have R1-Zero bases of their own
     coldstart_source: Annotated[str, "oracle or r1zero: who writes the cold-start CoTs (see above)"] = "oracle"
     coldstart_r1zero_problems: Annotated[int, "pretraining-split problems the R1-Zero model answers (r1zero "
                                          "source)"] = 1000
@@ -80,9 +80,9 @@ class R1Config:
     clip_ratio_c: Annotated[float, "dual clip of stages 2 and 4: with a negative advantage the ratio counts at most "
                             "c (> 1); 0: off"] = 3.0
     # DAPO's soft overlong punishment (grpo.overlong_penalty) in stages 2 and 4: SFT on answers that end in a hit
-    # leaves the model trying on to the token budget where it cannot solve a problem (4-17% of answers truncated
+    # leaves the model trying on to the token budget where it cannot solve a problem (10-16% of answers truncated
     # after either SFT stage, results/r1); the penalty makes a truncated answer worse than a finished miss, so the
-    # RL after each stage unlearns the loops, though not on every seed within stage 4's steps (docs/r1.md)
+    # RL after each stage unlearns the loops, though not in every run (docs/r1.md)
     overlong_buffer_frac: Annotated[float, "stages 2 and 4 punish answers in this last share of the token budget "
                                     "(64 of 512 tokens, where rejection sampling's length cap starts; 0: off)"] = 0.125
     # the loops themselves: an answer that tries a candidate again, and again, until the budget ends. A repeat that
