@@ -102,6 +102,12 @@ class R1Config:
     rejection_keep_per_prompt: Annotated[int, "most distinct correct answers kept per problem"] = 4
     rejection_max_tokens_frac: Annotated[float, "longest kept answer, as a share of the RL budget (448 of 512)"] = 0.875
     non_reasoning_fraction: Annotated[float, "share of direct answers in the SFT set (R1: 200k of 800k samples)"] = 0.25
+    # the loops again: the rejection-SFT set holds only answers that end in a hit, so the model it trains tries on
+    # to the token budget where it cannot solve a problem (10-13% of answers cut, results/r1), and the final RL
+    # unlearns that in some runs only. Give-ups, the corpus writer's answers whose every attempt misses, show the
+    # model where to stop (off by default until measured; the cold start's cost pass@1, above)
+    rsft_giveup_fraction: Annotated[float, "share of rejection-SFT reasoning examples that give up: all attempts "
+                                    "miss, the last is answered"] = 0.0
     rsft_epochs: Annotated[int, "epochs of SFT on them (sec. 2.3.3: \"for two epochs\")"] = 2
     rsft_from: Annotated[str, "base (the paper: R1 restarts from V3-Base) or reasoner (the stage-2 model)"] = "base"
     rsft_lr: Annotated[float, "peak learning rate of that SFT"] = 1e-4
@@ -146,7 +152,7 @@ class R1Config:
         if not 0 < self.rejection_max_tokens_frac <= 1:
             raise ValueError("R1Config.rejection_max_tokens_frac must be in (0, 1]")
         for name in ("non_reasoning_fraction", "final_arithmetic_fraction", "coldstart_giveup_fraction",
-                     "overlong_buffer_frac"):
+                     "rsft_giveup_fraction", "overlong_buffer_frac"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"R1Config.{name} must be in [0, 1)")
         for name, choices in (("coldstart_source", ("oracle", "r1zero")), ("rsft_from", ("base", "reasoner"))):

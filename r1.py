@@ -42,6 +42,12 @@ def corpus_writer_answers(cfg: TrainConfig, n, seed, give_up=False):
     return pairs, written
 
 
+def give_ups(cfg: TrainConfig, fraction, n_answers, seed):
+    """The corpus writer's give-ups (corpus_writer_answers with give_up) that make `fraction` of a set of n_answers
+    answers plus them, as (row, completion) pairs."""
+    return corpus_writer_answers(cfg, round(fraction / (1 - fraction) * n_answers), seed, give_up=True)[0]
+
+
 def r1zero_answers(zero, cfg: TrainConfig):
     """Sec. 2.3.1's "DeepSeek-R1-Zero outputs in a readable format": the R1-Zero model's finished, correct answers
     to "pretrain"-split problems, sampled as its RL samples them (rejection.py, any language kept), each rewritten
@@ -102,14 +108,13 @@ def make_coldstart_set(cfg: TrainConfig, zero=None):
             raise ValueError(f"no valid cold-start example: none of {written} reflect-style answers ended correct "
                              f"(CorpusConfig.p_correct {cfg.corpus.p_correct}, CorpusConfig.max_attempts "
                              f"{cfg.corpus.max_attempts})")
-    f = r1.coldstart_giveup_fraction
-    give_ups, _ = corpus_writer_answers(cfg, round(f / (1 - f) * len(answers)), cfg.seed + 2, give_up=True)
+    stops = give_ups(cfg, r1.coldstart_giveup_fraction, len(answers), cfg.seed + 2)
     if r1.coldstart_source == "r1zero":  # in the readable format too
-        give_ups = [(row, readable.readable_answer(THINK + completion, row)) for row, completion in give_ups]
-        give_ups = [(row, completion) for row, completion in give_ups if completion is not None]
+        stops = [(row, readable.readable_answer(THINK + completion, row)) for row, completion in stops]
+        stops = [(row, completion) for row, completion in stops if completion is not None]
     cap = r1.coldstart_max_tokens or float("inf")
     examples, lengths, over = [], [], []
-    for kind, items in (("answer", answers), ("give_up", [(row, c, None) for row, c in give_ups])):
+    for kind, items in (("answer", answers), ("give_up", [(row, c, None) for row, c in stops])):
         for row, completion, original in items:
             n = len(example_from_text(data.make_prompt(row["question"]), completion)[1])
             (over if n > cap else lengths).append(n)
@@ -179,8 +184,9 @@ def non_reasoning_examples(n, seed):
 
 def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
     """Sec. 2.3.3's SFT set: the stage-2 model's finished, correct, single-language, not overlong answers to RL
-    problems (rejection.py), plus non-reasoning examples (--r1-non-reasoning-fraction of the set). The kept
-    answers go to rejection.jsonl, so that a resumed run trains on the same set without sampling again."""
+    problems (rejection.py), plus the corpus writer's give-ups (--r1-rsft-giveup-fraction of the reasoning
+    examples), plus non-reasoning examples (--r1-non-reasoning-fraction of the set). The kept answers go to
+    rejection.jsonl, so that a resumed run trains on the same set without sampling again."""
     def sample():
         rows = data.problem_rows("train", cfg.r1.rejection_problems, cfg.seed, cfg.train_data)
         rej_cfg = RejectionConfig(samples_per_prompt=cfg.r1.rejection_samples_per_prompt,
@@ -190,6 +196,8 @@ def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
         return rejection_sample(model, rows, rej_cfg)
     examples = examples_made_once(paths["rejection.jsonl"], "rejection", sample, cfg, paths, log,
                                   "rejection sampling (R1 stage 3)")
+    examples += [example_from_text(data.make_prompt(row["question"]), completion)
+                 for row, completion in give_ups(cfg, cfg.r1.rsft_giveup_fraction, len(examples), cfg.seed + 3)]
     f = cfg.r1.non_reasoning_fraction
     return examples + non_reasoning_examples(round(f / (1 - f) * len(examples)), cfg.seed)
 

@@ -18,6 +18,7 @@ import rewards
 import train
 from checkpoint import load_checkpoint
 from grpo import GRPOTrainer
+from sft import example_from_text
 from template import THINK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -313,15 +314,35 @@ def test_r1_recipe_stops_on_a_cold_start_set_without_valid_example(tmp_path):
     assert not os.path.exists(tmp_path / "coldstart.pt") and not os.path.exists(tmp_path / "coldstart.jsonl")
 
 
+def test_rejection_sft_set_adds_give_ups_and_non_reasoning_examples(tmp_path, monkeypatch):
+    monkeypatch.setattr(r1, "rejection_sample", correct_samples)
+    for fraction, n_give_ups in ((0.0, 0), (0.25, 10)):
+        paths = {"rejection.jsonl": str(tmp_path / f"rejection{fraction}.jsonl"),
+                 "metrics.jsonl": str(tmp_path / "metrics.jsonl")}
+        cfg = train.parse_args(["--setup", "gpu", "--recipe", "r1", "--r1-rejection-problems", "30",
+                                "--r1-rsft-giveup-fraction", str(fraction)])
+        examples = r1.rejection_sft_examples(None, cfg, paths, lambda row: None)
+        reasoning = 30 + n_give_ups  # give-ups: round(0.25 / 0.75 * 30); non-reasoning: a quarter of the whole set
+        assert len(examples) == reasoning + round(0.25 / 0.75 * reasoning)
+        stops = r1.give_ups(cfg, fraction, 30, cfg.seed + 3)
+        assert examples[30:reasoning] == [example_from_text(data.make_prompt(row["question"]), completion)
+                                          for row, completion in stops]
+        for row, completion in stops:  # the corpus writer's English give-ups: every attempt misses
+            assert completion.count("Wait,") == cfg.corpus.max_attempts and "</answer>" in completion, completion
+            assert rewards.score(THINK + completion, row).accuracy == 0
+
+
 def test_r1_config_flags(capsys):
     cfg = train.parse_args(["--recipe", "r1", "--r1-language-weight", "0.5", "--r1-rsft-epochs", "3"])
     assert cfg.recipe == "r1" and cfg.r1.language_weight == 0.5 and cfg.r1.rsft_epochs == 3
     assert train.parse_args([]).recipe == "r1-zero"
     assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("oracle", "base", 0.0)
-    assert cfg.r1.coldstart_giveup_fraction == 0.0
+    assert (cfg.r1.coldstart_giveup_fraction, cfg.r1.rsft_giveup_fraction) == (0.0, 0.0)
     cfg = train.parse_args(["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--r1-rsft-from", "reasoner",
-                            "--r1-final-rl-lr", "1e-5", "--r1-coldstart-giveup-fraction", "0.1"])
+                            "--r1-final-rl-lr", "1e-5", "--r1-coldstart-giveup-fraction", "0.1",
+                            "--r1-rsft-giveup-fraction", "0.05"])
     assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "reasoner", 1e-5)
+    assert (cfg.r1.coldstart_giveup_fraction, cfg.r1.rsft_giveup_fraction) == (0.1, 0.05)
     for bad in (["--recipe", "r2"], ["--r1-coldstart-examples", "0"], ["--r1-non-reasoning-fraction", "1"],
                 ["--r1-language-weight", "-1"], ["--r1-rejection-max-tokens-frac", "0"]):
         with pytest.raises(SystemExit):
@@ -331,6 +352,7 @@ def test_r1_config_flags(capsys):
                          (["--r1-coldstart-max-tokens", "-1"], "--r1-coldstart-max-tokens must be >= 0"),
                          (["--r1-coldstart-giveup-fraction", "1"], "--r1-coldstart-giveup-fraction must be in"),
                          (["--r1-final-rl-lr", "-1"], "--r1-final-rl-lr must be >= 0"),
+                         (["--r1-rsft-giveup-fraction", "-0.1"], "--r1-rsft-giveup-fraction must be in"),
                          (["--r1-clip-ratio-c", "1"], "--r1-clip-ratio-c must be 0 (off) or a number > 1"),
                          (["--r1-overlong-buffer-frac", "1"], "--r1-overlong-buffer-frac must be in"),
                          (["--r1-repeat-penalty", "-1"], "--r1-repeat-penalty must be >= 0"),
