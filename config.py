@@ -105,7 +105,7 @@ class R1Config:
     # the loops again: the rejection-SFT set holds only answers that end in a hit, so the model it trains tries on
     # to the token budget where it cannot solve a problem (10-13% of answers cut, results/r1), and the final RL
     # unlearns that in some runs only. Give-ups, the corpus writer's answers whose every attempt misses, show the
-    # model where to stop (off by default until measured; the cold start's cost pass@1, above)
+    # model where to stop (off by default until measured; give-ups in the cold start cost pass@1, above)
     rsft_giveup_fraction: Annotated[float, "share of rejection-SFT reasoning examples that give up: all attempts "
                                     "miss, the last is answered"] = 0.0
     rsft_epochs: Annotated[int, "epochs of SFT on them (sec. 2.3.3: \"for two epochs\")"] = 2

@@ -42,10 +42,15 @@ def corpus_writer_answers(cfg: TrainConfig, n, seed, give_up=False):
     return pairs, written
 
 
+def share_of(fraction, n):
+    """How many items to add to n others so that they make `fraction` of the whole."""
+    return round(fraction / (1 - fraction) * n)
+
+
 def give_ups(cfg: TrainConfig, fraction, n_answers, seed):
     """The corpus writer's give-ups (corpus_writer_answers with give_up) that make `fraction` of a set of n_answers
     answers plus them, as (row, completion) pairs."""
-    return corpus_writer_answers(cfg, round(fraction / (1 - fraction) * n_answers), seed, give_up=True)[0]
+    return corpus_writer_answers(cfg, share_of(fraction, n_answers), seed, give_up=True)[0]
 
 
 def r1zero_answers(zero, cfg: TrainConfig):
@@ -198,15 +203,14 @@ def rejection_sft_examples(model, cfg: TrainConfig, paths, log):
                                   "rejection sampling (R1 stage 3)")
     examples += [example_from_text(data.make_prompt(row["question"]), completion)
                  for row, completion in give_ups(cfg, cfg.r1.rsft_giveup_fraction, len(examples), cfg.seed + 3)]
-    f = cfg.r1.non_reasoning_fraction
-    return examples + non_reasoning_examples(round(f / (1 - f) * len(examples)), cfg.seed)
+    return examples + non_reasoning_examples(share_of(cfg.r1.non_reasoning_fraction, len(examples)), cfg.seed)
 
 
 def all_scenarios_rows(cfg: TrainConfig, train_rows):
     """Sec. 2.3.4's prompts "from diverse scenarios", rule-rewarded: the RL problems plus "Compute ..."
     arithmetic problems (--r1-final-arithmetic-fraction of all)."""
     f, rng = cfg.r1.final_arithmetic_fraction, random.Random(cfg.seed + 1)
-    arithmetic = [data.arithmetic_expression(rng) for _ in range(round(f / (1 - f) * len(train_rows)))]
+    arithmetic = [data.arithmetic_expression(rng) for _ in range(share_of(f, len(train_rows)))]
     return train_rows + [data.arithmetic_row(data.arithmetic_question(e.text), e.value) for e in arithmetic]
 
 
