@@ -67,7 +67,8 @@ class R1Config:
     # a give-up tries the writer's 10 attempts, all misses, and answers the last: without such examples an SFT stage
     # teaches only answers that end in a hit, and on a problem it cannot solve the model tries on to the token budget.
     # In the cold start they cost pass@1 (the model stops on problems it would have solved by trying on: 0.9-19
-    # points against R1-Zero on 3 seeds, results/README.md); stopping is taught by overlong_buffer_frac instead
+    # points against R1-Zero on 3 seeds, results/README.md); stopping is taught later, by rsft_giveup_fraction and
+    # overlong_buffer_frac
     coldstart_giveup_fraction: Annotated[float, "share of cold-start examples that give up: all attempts miss, the "
                                          "last is answered"] = 0.0
     coldstart_epochs: Annotated[int, "epochs of cold-start SFT"] = 2
@@ -102,12 +103,13 @@ class R1Config:
     rejection_keep_per_prompt: Annotated[int, "most distinct correct answers kept per problem"] = 4
     rejection_max_tokens_frac: Annotated[float, "longest kept answer, as a share of the RL budget (448 of 512)"] = 0.875
     non_reasoning_fraction: Annotated[float, "share of direct answers in the SFT set (R1: 200k of 800k samples)"] = 0.25
-    # the loops again: the rejection-SFT set holds only answers that end in a hit, so the model it trains tries on
-    # to the token budget where it cannot solve a problem (10-13% of answers cut, results/r1), and the final RL
-    # unlearns that in some runs only. Give-ups, the corpus writer's answers whose every attempt misses, show the
-    # model where to stop (off by default until measured; give-ups in the cold start cost pass@1, above)
+    # the loops again: a rejection-SFT set of answers that all end in a hit trains a model that tries on to the
+    # token budget where it cannot solve a problem (5-13% of its answers cut), and the final RL unlearns that in
+    # some runs only (R1's format rate 0.877-0.996 without give-ups, results/README.md's history table). Give-ups,
+    # the corpus writer's answers whose every attempt misses, show the model where to stop. Here, after reasoning
+    # RL has made the model strong, they cost far less pass@1 than in the cold start (results/r1)
     rsft_giveup_fraction: Annotated[float, "share of rejection-SFT reasoning examples that give up: all attempts "
-                                    "miss, the last is answered"] = 0.0
+                                    "miss, the last is answered"] = 0.1
     rsft_epochs: Annotated[int, "epochs of SFT on them (sec. 2.3.3: \"for two epochs\")"] = 2
     rsft_from: Annotated[str, "base (the paper: R1 restarts from V3-Base) or reasoner (the stage-2 model)"] = "base"
     rsft_lr: Annotated[float, "peak learning rate of that SFT"] = 1e-4
