@@ -56,8 +56,8 @@ class R1Config:
     # where they come from. oracle: the corpus writer's English reflect answers, kept when right (the writer of the
     # pretraining data: a cleaner source than R1 had); r1zero: R1-Zero's own correct answers (its RL first, from the
     # same base, as --recipe r1-zero runs it), rewritten readable (readable.py: English, no repeats, a summary), as
-    # sec. 2.3.1 gathers them. On seeds 0-2 R1 reaches 87.3, 85.2 and 79.5% pass@1 from oracle's, with format rates
-    # 0.877-0.996 (results/r1); results/r1/README.md compares r1zero's, whose runs have R1-Zero bases of their own
+    # sec. 2.3.1 gathers them. The default is the source that gives the better R1 (results/r1/README.md compares
+    # the two; the r1zero runs have R1-Zero bases of their own)
     coldstart_source: Annotated[str, "oracle or r1zero: who writes the cold-start CoTs (see above)"] = "oracle"
     coldstart_r1zero_problems: Annotated[int, "pretraining-split problems the R1-Zero model answers (r1zero "
                                          "source)"] = 1000
@@ -81,9 +81,9 @@ class R1Config:
     clip_ratio_c: Annotated[float, "dual clip of stages 2 and 4: with a negative advantage the ratio counts at most "
                             "c (> 1); 0: off"] = 3.0
     # DAPO's soft overlong punishment (grpo.overlong_penalty) in stages 2 and 4: SFT on answers that end in a hit
-    # leaves the model trying on to the token budget where it cannot solve a problem (10-16% of answers truncated
-    # after either SFT stage, results/r1); the penalty makes a truncated answer worse than a finished miss, so the
-    # RL after each stage unlearns the loops, though not in every run (docs/r1.md)
+    # leaves the model trying on to the token budget where it cannot solve a problem (docs/r1.md); the penalty
+    # makes a truncated answer worse than a finished miss, so the RL after each stage unlearns the loops, though
+    # not in every run
     overlong_buffer_frac: Annotated[float, "stages 2 and 4 punish answers in this last share of the token budget "
                                     "(64 of 512 tokens, where rejection sampling's length cap starts; 0: off)"] = 0.125
     # the loops themselves: an answer that tries a candidate again, and again, until the budget ends. A repeat that
@@ -104,10 +104,9 @@ class R1Config:
     rejection_max_tokens_frac: Annotated[float, "longest kept answer, as a share of the RL budget (448 of 512)"] = 0.875
     non_reasoning_fraction: Annotated[float, "share of direct answers in the SFT set (R1: 200k of 800k samples)"] = 0.25
     # the loops again: a rejection-SFT set of answers that all end in a hit trains a model that tries on to the
-    # token budget where it cannot solve a problem (5-13% of its answers cut), and the final RL unlearns that in
-    # some runs only (R1's format rate 0.877-0.996 without give-ups, results/README.md's history table). Give-ups,
-    # the corpus writer's answers whose every attempt misses, show the model where to stop. Here, after reasoning
-    # RL has made the model strong, they cost far less pass@1 than in the cold start (results/r1)
+    # token budget where it cannot solve a problem, and the final RL unlearns that in some runs only. Give-ups, the
+    # corpus writer's answers whose every attempt misses, show the model where to stop; here, after reasoning RL
+    # has made the model strong, they cost far less pass@1 than in the cold start (docs/r1.md)
     rsft_giveup_fraction: Annotated[float, "share of rejection-SFT reasoning examples that give up: all attempts "
                                     "miss, the last is answered"] = 0.1
     rsft_epochs: Annotated[int, "epochs of SFT on them (sec. 2.3.3: \"for two epochs\")"] = 2
