@@ -1,7 +1,7 @@
 """
 The DeepSeek-R1 recipe (--recipe r1, arXiv:2501.12948 sec. 2.3): the four stages after the base model, each
-resumable. 1. cold-start SFT on readable long CoTs, written by the corpus writer or R1-Zero's own correct answers
-made readable (readable.py; R1-Zero's RL runs first then, as --recipe r1-zero runs it); 2. reasoning RL with the
+resumable. 1. cold-start SFT on readable long CoTs: R1-Zero's own correct answers made readable (readable.py;
+R1-Zero's RL runs first, as --recipe r1-zero runs it), or the corpus writer's; 2. reasoning RL with the
 language-consistency reward; 3. rejection sampling of the stage-2 model plus non-reasoning data, then SFT of the
 base model (or of the stage-2 model); 4. RL for all scenarios. The settings are config.R1Config (--r1-... flags).
 """
@@ -100,7 +100,7 @@ def length_stats(lengths):
 
 def make_coldstart_set(cfg: TrainConfig, zero=None):
     """The cold-start set as {"question", "completion", "kind"[, "original"]} dicts, and its stats: the source's
-    answers (--r1-coldstart-source: the corpus writer's, or R1-Zero's made readable), plus give-ups
+    answers (--r1-coldstart-source: R1-Zero's made readable, or the corpus writer's), plus give-ups
     (--r1-coldstart-giveup-fraction of the set, written by the corpus writer, in the source's format), without those
     longer than --r1-coldstart-max-tokens. Raises ValueError if none is left."""
     r1 = cfg.r1

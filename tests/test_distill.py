@@ -125,7 +125,7 @@ def test_distillation_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert json.load(open(out / "distill.json"))["students"] == both["students"]
     # other settings into the same folder are refused, not mixed in
     with pytest.raises(SystemExit, match="other settings.*sft.lr"):
-        distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--sft-lr", "1e-3"])
+        distill.main(["--teacher", teacher, "--out-dir", str(out), *ARGS, "--sft-lr", "3e-4"])
 
 
 def test_interrupted_sft_resumes_from_its_checkpoint(tmp_path, monkeypatch):
@@ -213,6 +213,7 @@ def test_bad_values_fail_clearly():
         distill.parse_args([])  # --teacher is required
     cfg = distill.parse_args(["--teacher", "t", "--students", "dense-1m", "tiny", "--sft-lr", "3e-4"])
     assert cfg.students == ("dense-1m", "tiny") and cfg.sft.lr == 3e-4 and cfg.seeds == (0,)
+    assert distill.parse_args(["--teacher", "t"]).sft.lr == distill.DistillConfig().sft.lr == 1e-3
     # a nested config's flags default to DistillConfig's values for it, which differ from RejectionConfig's own
     assert cfg.rejection == distill.DistillConfig().rejection != rejection.RejectionConfig()
     assert distill.parse_args(["--teacher", "t", "--reject-keep-per-prompt", "3"]).rejection.keep_per_prompt == 3

@@ -336,12 +336,12 @@ def test_r1_config_flags(capsys):
     cfg = train.parse_args(["--recipe", "r1", "--r1-language-weight", "0.5", "--r1-rsft-epochs", "3"])
     assert cfg.recipe == "r1" and cfg.r1.language_weight == 0.5 and cfg.r1.rsft_epochs == 3
     assert train.parse_args([]).recipe == "r1-zero"
-    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("oracle", "base", 0.0)
+    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "base", 0.0)
     assert (cfg.r1.coldstart_giveup_fraction, cfg.r1.rsft_giveup_fraction) == (0.0, 0.1)
-    cfg = train.parse_args(["--recipe", "r1", "--r1-coldstart-source", "r1zero", "--r1-rsft-from", "reasoner",
+    cfg = train.parse_args(["--recipe", "r1", "--r1-coldstart-source", "oracle", "--r1-rsft-from", "reasoner",
                             "--r1-final-rl-lr", "1e-5", "--r1-coldstart-giveup-fraction", "0.1",
                             "--r1-rsft-giveup-fraction", "0.05"])
-    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("r1zero", "reasoner", 1e-5)
+    assert (cfg.r1.coldstart_source, cfg.r1.rsft_from, cfg.r1.final_rl_lr) == ("oracle", "reasoner", 1e-5)
     assert (cfg.r1.coldstart_giveup_fraction, cfg.r1.rsft_giveup_fraction) == (0.1, 0.05)
     for bad in (["--recipe", "r2"], ["--r1-coldstart-examples", "0"], ["--r1-non-reasoning-fraction", "1"],
                 ["--r1-language-weight", "-1"], ["--r1-rejection-max-tokens-frac", "0"]):
