@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -238,9 +239,12 @@ def test_two_ranks_resume_a_one_rank_sft_run(tmp_path, monkeypatch):
 
 
 def test_bad_batch_stops_every_rank_with_a_clear_message():
+    # each rank refuses the batch before any process group; the first to exit makes torchrun stop the other,
+    # often before that one has printed, so the message appears once or twice
     run = torchrun([*TINY, "--pretrain-batch-size", "7", "--out-dir", "unused"], timeout=120)
     assert run.returncode != 0
-    assert run.stderr.count("--pretrain-batch-size = 7 must be divisible by the number of processes (2)") == 2
+    assert run.stderr.count("--pretrain-batch-size = 7 must be divisible by the number of processes (2)") >= 1
+    assert re.search(r"exitcode\s*:\s*2\b", run.stderr)  # the root cause is argparse's refusal, not a crash
 
 
 def test_bad_world_settings_are_refused_before_any_process_group(monkeypatch):
